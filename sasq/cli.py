@@ -1,0 +1,329 @@
+"""Command line: ``sasq calibrate``, ``sasq train``, ``sasq evaluate``, ``sasq diagnose``, ``sasq methods``.
+
+Each command loads a model, applies a method and writes one JSON file (and, for calibrate and
+train, a safetensors file of scales). The numerics live in the library; this module only parses
+options and calls it.
+
+Example:
+    sasq evaluate --model smollm2-135m --method dynamic --wbits 8 --abits 8 \\
+        --data-dir shared/assets/wikitext-2-raw --eval-windows 8 --output results/dyn.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from sasq.data import eval_windows, load_corpus, random_windows, shuffled_windows, tokenize
+from sasq.models import load_model, max_context, model_fingerprint
+from sasq.method import Method, Scheme, available_methods, build_quantized_model, get_method
+from sasq.results import environment, write_json
+from sasq.scales import load_scales, read_scales_metadata, save_scales
+
+log = logging.getLogger("sasq")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", required=True, help="source name (smollm2-135m), local HF folder, .gguf file or hub id")
+    group.add_argument("--dtype", default="float32", help="weight and activation dtype: float32, bfloat16, float16 or float64 (default float32)")
+    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
+    group.add_argument("--data-dir", default=None, help="folder with WikiText-2 raw files (default $SASQ_WIKITEXT_DIR, else the hub)")
+    group.add_argument("--seed", type=int, default=0, help="seed of calibration sampling and training order (default 0)")
+    group.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+
+
+def _add_scheme_options(parser: argparse.ArgumentParser, default_method: str | None) -> None:
+    group = parser.add_argument_group("quantization scheme")
+    group.add_argument("--method", default=default_method, required=default_method is None, help="method name; `sasq methods` lists them")
+    group.add_argument("--wbits", type=int, default=8, help="weight bits, 2-8 (default 8)")
+    group.add_argument("--abits", type=int, default=8, help="activation bits, 2-8 (default 8)")
+    group.add_argument("--granularity", default="per-tensor", help="static activation scales: per-tensor or per-channel (default per-tensor)")
+    group.add_argument("--asymmetric", action="store_true", help="asymmetric activation grid with a zero point (default symmetric)")
+    group.add_argument("--weight-group-size", type=int, default=None, help="weight columns per scale group (default: one scale per output channel)")
+    group.add_argument("--percentile", type=float, default=99.99, help="percentile of |x| for the percentile observer, in (0, 100] (default 99.99)")
+    group.add_argument("--lsq-grad-scale", action="store_true", help="multiply scale gradients by 1/sqrt(N*qmax) as in LSQ")
+    group.add_argument("--scale-param", default="log", choices=("log", "linear"), help="train log(scale) or the scale itself (default log)")
+    group.add_argument("--quantize-lm-head", action="store_true", help="also quantize lm_head (default: float)")
+
+
+def _add_calib_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("calibration data")
+    group.add_argument("--calib-corpus", default="wikitext2", help="corpus: wikitext2, tinystories or text:PATH (default wikitext2)")
+    group.add_argument("--calib-split", default="validation", help="corpus split (default validation)")
+    group.add_argument("--calib-windows", type=int, default=128, help="number of calibration windows, drawn at seeded random offsets (default 128)")
+    group.add_argument("--calib-seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scale training")
+    group.add_argument("--train-corpus", default="wikitext2", help="corpus the scales are trained on (default wikitext2)")
+    group.add_argument("--train-split", default="validation", help="its split (default validation)")
+    group.add_argument("--train-windows", type=int, default=None, help="non-overlapping training windows, seeded order (default: all)")
+    group.add_argument("--train-seqlen", type=int, default=2048, help="tokens per training window (default 2048)")
+    group.add_argument("--lr", type=float, default=5e-3, help="AdamW learning rate; with --scale-param log, the relative change per step (default 5e-3)")
+    group.add_argument("--epochs", type=int, default=1, help="passes over the training windows (default 1)")
+    group.add_argument("--batch-size", type=int, default=1, help="windows per optimiser step (default 1)")
+    group.add_argument("--grad-clip", type=float, default=1.0, help="maximum gradient norm; 0 disables clipping (default 1.0)")
+    group.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (default: all epochs)")
+    group.add_argument("--checkpoint-every", type=int, default=50, help="steps between resumable checkpoints; 0 disables them (default 50)")
+    group.add_argument("--init-scales", default=None, help="start from this scales file instead of calibrating")
+
+
+def _add_eval_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--eval-corpus", default="wikitext2", help="corpus to score (default wikitext2)")
+    group.add_argument("--eval-split", default="test", help="its split (default test)")
+    group.add_argument("--seqlen", type=int, default=2048, help="tokens per evaluation window (default 2048)")
+    group.add_argument("--eval-windows", type=int, default=None, help="score only the first N windows (default: all)")
+    group.add_argument("--eval-batch-size", type=int, default=1, help="windows per forward pass; memory only (default 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sasq", description="SASQ static activation scaling: calibrate, train, evaluate.")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    methods = commands.add_parser("methods", help="list the registered methods")
+    methods.set_defaults(func=cmd_methods)
+
+    calibrate = commands.add_parser("calibrate", help="calibrate static scales and save them")
+    _add_model_options(calibrate)
+    _add_scheme_options(calibrate, "sasq-init")
+    _add_calib_options(calibrate)
+    calibrate.add_argument("--output", required=True, help="scales file to write (.safetensors); a JSON of settings goes beside it")
+    calibrate.set_defaults(func=cmd_calibrate)
+
+    train = commands.add_parser("train", help="SASQ: calibrate, then train the static scales")
+    _add_model_options(train)
+    _add_scheme_options(train, "sasq")
+    _add_calib_options(train)
+    _add_train_options(train)
+    train.add_argument("--output", required=True, help="trained scales file (.safetensors); a JSON with settings and loss curve goes beside it")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="perplexity of a method, writing one JSON result row")
+    _add_model_options(evaluate)
+    _add_scheme_options(evaluate, None)
+    _add_calib_options(evaluate)
+    _add_eval_options(evaluate)
+    evaluate.add_argument("--scales", default=None, help="scales file from calibrate or train (required for trained methods)")
+    evaluate.add_argument("--output", required=True, help="result JSON to write")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    diagnose = commands.add_parser("diagnose", help="per-quantizer clipping and error breakdown of a static method")
+    _add_model_options(diagnose)
+    _add_scheme_options(diagnose, "sasq-init")
+    _add_calib_options(diagnose)
+    _add_eval_options(diagnose)
+    diagnose.add_argument("--scales", default=None, help="scales file to diagnose (default: calibrate)")
+    diagnose.add_argument("--output", required=True, help="JSON file with one entry per quantizer")
+    diagnose.set_defaults(func=cmd_diagnose)
+    return parser
+
+
+def _scheme(args: argparse.Namespace) -> Scheme:
+    return Scheme(
+        wbits=args.wbits,
+        abits=args.abits,
+        granularity=args.granularity,
+        symmetric=not args.asymmetric,
+        weight_group_size=args.weight_group_size,
+        percentile=args.percentile,
+        lsq_grad_scale=args.lsq_grad_scale,
+        scale_parametrization=args.scale_param,
+        quantize_lm_head=args.quantize_lm_head,
+    )
+
+
+def _check_seqlen(model, seqlen: int, option: str) -> None:
+    limit = max_context(model)
+    if seqlen > limit:
+        raise ValueError(f"{option}={seqlen} exceeds the model's context of {limit} tokens; use {option} {limit} or less")
+
+
+def _calibration_windows(args, lm, method: Method):
+    if not method.needs_calibration or args.calib_windows == 0:
+        return None
+    _check_seqlen(lm.model, args.calib_seqlen, "--calib-seqlen")
+    corpus = load_corpus(args.calib_corpus, args.calib_split, args.data_dir)
+    ids = tokenize(lm.tokenizer, corpus.text)
+    return random_windows(ids, args.calib_seqlen, args.calib_windows, args.seed)
+
+
+def _prepare(args, default_scales: str | None = None):
+    """Validate options, load the model, apply the method; return what the commands share."""
+    scheme = _scheme(args)
+    method = get_method(args.method)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    scales_file = default_scales
+    calib = None if scales_file and method.transform is None else _calibration_windows(args, lm, method)
+    quantizers = build_quantized_model(lm.model, method, scheme, calib, calibrate_scales=scales_file is None)
+    if scales_file:
+        load_scales(scales_file, quantizers, model_fingerprint(lm.model))
+    return lm, method, scheme, quantizers, calib
+
+
+def _settings(args, lm, method: Method, scheme: Scheme) -> dict:
+    return {
+        "model": lm.name,
+        "model_ref": lm.ref,
+        "method": method.name,
+        "wbits": scheme.wbits if method.activation != "none" else None,
+        "abits": scheme.abits if method.activation != "none" else None,
+        "granularity": {"none": "none", "dynamic": "per-token"}.get(method.activation, scheme.granularity),
+        "symmetric": scheme.symmetric,
+        "weight_quantizer": "rtn" if method.activation != "none" else None,
+        "weight_group_size": scheme.weight_group_size,
+        "observer": method.observer,
+        "scale_parametrization": scheme.scale_parametrization,
+        "lsq_grad_scale": scheme.lsq_grad_scale,
+        "quantize_lm_head": scheme.quantize_lm_head,
+        "calib_corpus": args.calib_corpus if method.needs_calibration else None,
+        "calib_split": args.calib_split if method.needs_calibration else None,
+        "calib_windows": args.calib_windows if method.needs_calibration else 0,
+        "calib_seqlen": args.calib_seqlen if method.needs_calibration else None,
+        "seed": args.seed,
+        "dtype": args.dtype,
+    }
+
+
+def cmd_methods(args) -> None:
+    for name, method in sorted(available_methods().items()):
+        print(f"{name:22s} {method.summary}")
+
+
+def cmd_calibrate(args) -> None:
+    began = time.perf_counter()
+    lm, method, scheme, quantizers, _ = _prepare(args)
+    if not any(q.is_static for q in quantizers.values()):
+        raise ValueError(f"method {method.name} has no static scales to calibrate; use a static method such as sasq-init")
+    settings = _settings(args, lm, method, scheme)
+    save_scales(args.output, quantizers, model_fingerprint(lm.model), extra=settings)
+    row = {**settings, "scales": str(args.output), "seconds": time.perf_counter() - began, **environment(args.device)}
+    write_json(Path(args.output).with_suffix(".json"), row)
+
+
+def cmd_train(args) -> None:
+    from sasq.train import TrainConfig, train_scales
+
+    began = time.perf_counter()
+    method = get_method(args.method)
+    if not method.trains:
+        raise ValueError(f"method {method.name} does not train its scales; use sasq or another trained method")
+    lm, method, scheme, quantizers, _ = _prepare(args, default_scales=args.init_scales)
+    _check_seqlen(lm.model, args.train_seqlen, "--train-seqlen")
+    corpus = load_corpus(args.train_corpus, args.train_split, args.data_dir)
+    windows = shuffled_windows(tokenize(lm.tokenizer, corpus.text), args.train_seqlen, args.train_windows, args.seed)
+    config = TrainConfig(
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        grad_clip=args.grad_clip or None,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        max_steps=args.max_steps,
+    )
+    initial = {name: q.scale().detach().clone() for name, q in quantizers.items() if q.is_static}
+    output = Path(args.output)
+    result = train_scales(lm.model, quantizers, windows, config, checkpoint_path=output.with_suffix(".ckpt"))
+    settings = _settings(args, lm, method, scheme)
+    settings.update(
+        train_corpus=args.train_corpus,
+        train_split=args.train_split,
+        train_source=corpus.source,
+        train_windows=int(windows.shape[0]),
+        train_seqlen=args.train_seqlen,
+        init_scales=args.init_scales,
+    )
+    save_scales(output, quantizers, model_fingerprint(lm.model), extra=settings)
+    ratios = {name: float((q.scale().detach() / initial[name]).mean()) for name, q in quantizers.items() if q.is_static}
+    row = {
+        **settings,
+        "train": asdict(config),
+        "scales": str(output),
+        "loss_curve": result.loss_curve,
+        "steps": result.steps,
+        "skipped_steps": result.skipped_steps,
+        "resumed_from": result.resumed_from,
+        "train_seconds": result.seconds,
+        "scale_ratio_trained_to_init": ratios,
+        "seconds": time.perf_counter() - began,
+        **environment(args.device),
+    }
+    write_json(output.with_suffix(".json"), row)
+
+
+def _eval_ids(args, lm):
+    _check_seqlen(lm.model, args.seqlen, "--seqlen")
+    corpus = load_corpus(args.eval_corpus, args.eval_split, args.data_dir)
+    return corpus, eval_windows(tokenize(lm.tokenizer, corpus.text), args.seqlen, args.eval_windows)
+
+
+def cmd_evaluate(args) -> None:
+    from sasq.evaluate import perplexity
+
+    began = time.perf_counter()
+    method = get_method(args.method)
+    if method.trains and not args.scales:
+        raise ValueError(f"method {method.name} trains its scales; run `sasq train` first and pass its output as --scales")
+    lm, method, scheme, quantizers, _ = _prepare(args, default_scales=args.scales)
+    corpus, windows = _eval_ids(args, lm)
+    result = perplexity(lm.model, windows, batch_size=args.eval_batch_size, desc=f"{method.name} ppl")
+    settings = _settings(args, lm, method, scheme)
+    if args.scales:
+        saved = read_scales_metadata(args.scales).get("extra", {})
+        for key in ("train_corpus", "train_split", "train_windows", "train_seqlen", "calib_corpus", "calib_split", "calib_windows", "calib_seqlen"):
+            if key in saved:
+                settings[key] = saved[key]
+    row = {
+        **settings,
+        "train_corpus": settings.get("train_corpus"),
+        "train_windows": settings.get("train_windows", 0),
+        "scales": args.scales,
+        "eval_corpus": args.eval_corpus,
+        "eval_split": args.eval_split,
+        "eval_source": corpus.source,
+        "seqlen": args.seqlen,
+        "eval_windows": result.windows,
+        "eval_tokens": result.tokens,
+        "ppl": result.ppl,
+        "nll_sum": result.nll_sum,
+        "seconds": time.perf_counter() - began,
+        **environment(args.device),
+    }
+    write_json(args.output, row)
+    print(f"{method.name}: ppl {result.ppl:.4f} on {result.windows} windows of {args.seqlen} tokens")
+
+
+def cmd_diagnose(args) -> None:
+    from sasq.diagnostics import quantizer_errors
+
+    lm, method, scheme, quantizers, _ = _prepare(args, default_scales=args.scales)
+    _, windows = _eval_ids(args, lm)
+    rows = quantizer_errors(lm.model, quantizers, windows)
+    write_json(args.output, {**_settings(args, lm, method, scheme), "scales": args.scales, "quantizers": rows})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"sasq {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Methods: named recipes that turn a float model into a quantized one.
+
+A :class:`Method` says how activations are quantized (not at all, dynamically per token, or
+with static scales from an observer), whether its static scales are then trained, and which
+float-model transform (smoothing, rotation) runs first. The CLI and the workflow call methods
+by name through :func:`get_method`; the baselines register themselves from ``baselines/``.
+
+Example:
+    >>> sorted(available_methods())[:3]
+    ['dynamic', 'fp', 'sasq']
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from sasq.calibrate import calibrate
+from sasq.patch import patch_model
+from sasq.quantizer import ActivationQuantizer
+from sasq.spec import Granularity, QuantConfig, QuantSpec
+
+log = logging.getLogger(__name__)
+
+ACTIVATION_MODES = ("none", "dynamic", "static")
+
+Transform = Callable[[nn.Module, Tensor], None]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named quantization recipe.
+
+    Args:
+        name: registry key, used on the command line and in result rows.
+        summary: one line for ``--help`` and reports.
+        activation: ``none`` (float activations and weights), ``dynamic`` (per-token scales at
+            run time) or ``static`` (scales from calibration).
+        observer: calibration statistic for static scales.
+        trains: the static scales are trained after calibration (SASQ).
+        transform: function ``(model, calibration_windows)`` changing the float model in place
+            before quantization, or ``None``.
+    """
+
+    name: str
+    summary: str
+    activation: str
+    observer: str | None = None
+    trains: bool = False
+    transform: Transform | None = None
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATION_MODES:
+            raise ValueError(f"activation {self.activation!r} is unknown; use one of {', '.join(ACTIVATION_MODES)}")
+        if self.activation == "static" and self.observer is None:
+            raise ValueError(f"static method {self.name} needs an observer")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.activation == "static" or self.transform is not None
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Add a method to the registry; a second method with the same name is an error."""
+    if method.name in METHODS and METHODS[method.name] != method:
+        raise ValueError(f"method {method.name!r} is registered twice; pick another name")
+    METHODS[method.name] = method
+    return method
+
+
+def _load_plugins() -> None:
+    importlib.import_module("baselines")
+
+
+def available_methods() -> dict[str, Method]:
+    """Every registered method by name (the SASQ methods and the baselines)."""
+    _load_plugins()
+    return dict(METHODS)
+
+
+def get_method(name: str) -> Method:
+    """A registered method by name, with an error listing the known names."""
+    methods = available_methods()
+    if name not in methods:
+        raise ValueError(f"method {name!r} is unknown; use one of {', '.join(sorted(methods))}")
+    return methods[name]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """Bit-widths and options shared by every method in one comparison.
+
+    Args:
+        wbits: weight bits (RTN per output channel, or per group with ``weight_group_size``).
+        abits: activation bits.
+        granularity: static activation scale granularity: ``per-tensor`` or ``per-channel``.
+        symmetric: symmetric activation grid (weights are always symmetric).
+        weight_group_size: columns per weight group, or ``None`` for per-channel weights.
+        percentile: the ``percentile`` observer's percentile.
+        lsq_grad_scale, scale_parametrization, quantize_lm_head: see :class:`QuantConfig`.
+    """
+
+    wbits: int = 8
+    abits: int = 8
+    granularity: str = "per-tensor"
+    symmetric: bool = True
+    weight_group_size: int | None = None
+    percentile: float = 99.99
+    lsq_grad_scale: bool = False
+    scale_parametrization: str = "log"
+    quantize_lm_head: bool = False
+
+    def __post_init__(self) -> None:
+        if self.granularity not in (Granularity.PER_TENSOR.value, Granularity.PER_CHANNEL.value):
+            raise ValueError(f"granularity {self.granularity!r} is invalid for static scales; use per-tensor or per-channel")
+
+
+def quant_config(method: Method, scheme: Scheme) -> QuantConfig | None:
+    """The :class:`QuantConfig` a method uses under a scheme, or ``None`` for float methods."""
+    if method.activation == "none":
+        return None
+    if scheme.weight_group_size:
+        weight = QuantSpec(bits=scheme.wbits, granularity=Granularity.PER_GROUP, group_size=scheme.weight_group_size)
+    else:
+        weight = QuantSpec(bits=scheme.wbits, granularity=Granularity.PER_CHANNEL)
+    if method.activation == "dynamic":
+        activation = QuantSpec(bits=scheme.abits, symmetric=scheme.symmetric, granularity=Granularity.PER_TOKEN, dynamic=True)
+    else:
+        activation = QuantSpec(bits=scheme.abits, symmetric=scheme.symmetric, granularity=Granularity(scheme.granularity))
+    return QuantConfig(
+        weight=weight,
+        activation=activation,
+        observer=method.observer or "mean-max",
+        percentile=scheme.percentile,
+        lsq_grad_scale=scheme.lsq_grad_scale,
+        scale_parametrization=scheme.scale_parametrization,
+        quantize_lm_head=scheme.quantize_lm_head,
+    )
+
+
+def build_quantized_model(
+    model: nn.Module,
+    method: Method,
+    scheme: Scheme,
+    calib_windows: Tensor | None,
+    calibrate_scales: bool = True,
+    batch_size: int = 1,
+) -> dict[str, ActivationQuantizer]:
+    """Apply ``method`` to ``model`` in place: transform, patch, calibrate.
+
+    Args:
+        model: a float LLaMA-family causal LM.
+        method: the recipe.
+        scheme: bit-widths and options.
+        calib_windows: calibration token ids ``[n, seqlen]``; required when the method
+            transforms the model or calibrates static scales.
+        calibrate_scales: set False when the scales come from a file instead.
+        batch_size: windows per calibration forward pass.
+
+    Returns:
+        The input quantizers by name (empty for float methods).
+    """
+    needs = method.transform is not None or (method.activation == "static" and calibrate_scales)
+    if needs and calib_windows is None:
+        raise ValueError(f"method {method.name} needs calibration windows; pass --calib-windows above 0")
+    if method.transform is not None:
+        method.transform(model, calib_windows)
+    config = quant_config(method, scheme)
+    if config is None:
+        return {}
+    quantizers = patch_model(model, config)
+    if method.activation == "static" and calibrate_scales:
+        calibrate(model, quantizers, calib_windows, config.observer, config.percentile, batch_size)
+    return quantizers
+
+
+register_method(Method("sasq-init", "SASQ stage 1: static scales from the mean of per-sample abs-max, untrained", "static", observer="mean-max"))
+register_method(Method("sasq", "SASQ: mean-of-max initial static scales, then trained on next-token loss", "static", observer="mean-max", trains=True))
