@@ -1,0 +1,97 @@
+"""The command line on the real stories260K model and WikiText-2 files, and its bad-input errors."""
+
+import json
+
+import pytest
+
+from sasq.cli import main
+
+from conftest import tiny_llama
+
+FAST = ["--calib-windows", "2", "--calib-seqlen", "128"]
+EVAL = ["--seqlen", "256", "--eval-windows", "2"]
+
+
+@pytest.fixture(autouse=True)
+def _wikitext(monkeypatch, wikitext_dir):
+    monkeypatch.setenv("SASQ_WIKITEXT_DIR", str(wikitext_dir))
+
+
+def run_error(capsys, argv):
+    code = main(argv)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sasq ")]
+    assert code == 2
+    assert len(err) == 1
+    return err[0]
+
+
+def test_train_then_evaluate_end_to_end(tmp_path, stories_path):
+    model = ["--model", str(stories_path)]
+    scales = tmp_path / "sasq.safetensors"
+    assert main(["train", *model, *FAST, "--train-windows", "4", "--train-seqlen", "128", "--output", str(scales)]) == 0
+    trained = json.loads(scales.with_suffix(".json").read_text())
+    assert len(trained["loss_curve"]) == 4
+    assert trained["train_windows"] == 4
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", *model, "--method", "sasq", "--scales", str(scales), *EVAL, "--output", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["method"] == "sasq"
+    assert row["train_windows"] == 4
+    assert row["eval_windows"] == 2
+    assert row["eval_source"].endswith("wiki.test.raw")
+    assert 1.0 < row["ppl"] < 1000.0
+
+
+@pytest.mark.parametrize("method", ["fp", "dynamic", "static-minmax", "sasq-init", "static-percentile"])
+def test_evaluate_every_untrained_method(tmp_path, stories_path, method):
+    out = tmp_path / f"{method}.json"
+    assert main(["evaluate", "--model", str(stories_path), "--method", method, *FAST, *EVAL, "--output", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["ppl"] > 1.0
+    assert row["granularity"] == {"fp": "none", "dynamic": "per-token"}.get(method, "per-tensor")
+
+
+def test_unknown_method(tmp_path, stories_path, capsys):
+    line = run_error(capsys, ["evaluate", "--model", str(stories_path), "--method", "awq", *EVAL, "--output", str(tmp_path / "x.json")])
+    assert "method 'awq' is unknown; use one of" in line
+
+
+@pytest.mark.parametrize("bits", ["0", "9"])
+def test_bits_out_of_range(tmp_path, stories_path, capsys, bits):
+    line = run_error(capsys, ["evaluate", "--model", str(stories_path), "--method", "dynamic", "--wbits", bits, *EVAL, "--output", str(tmp_path / "x.json")])
+    assert f"bits={bits} is out of range" in line
+
+
+def test_seqlen_above_context(tmp_path, stories_path, capsys):
+    line = run_error(capsys, ["evaluate", "--model", str(stories_path), "--method", "fp", "--seqlen", "2048", "--output", str(tmp_path / "x.json")])
+    assert "--seqlen=2048 exceeds the model's context of 512 tokens" in line
+
+
+def test_scales_from_another_model(tmp_path, stories_path, capsys):
+    scales = tmp_path / "stories.safetensors"
+    assert main(["calibrate", "--model", str(stories_path), *FAST, "--output", str(scales)]) == 0
+    other = tmp_path / "other"
+    tiny_llama().save_pretrained(other)
+    # The tokenizer comes from stories260K: only the weights differ.
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (other / name).write_bytes((stories_path / name).read_bytes())
+    line = run_error(capsys, ["evaluate", "--model", str(other), "--method", "sasq-init", "--scales", str(scales), "--seqlen", "64", "--eval-windows", "1", "--output", str(tmp_path / "x.json")])
+    assert "was made for another model" in line
+
+
+def test_empty_corpus(tmp_path, stories_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    line = run_error(capsys, ["evaluate", "--model", str(stories_path), "--method", "fp", "--eval-corpus", f"text:{empty}", *EVAL, "--output", str(tmp_path / "x.json")])
+    assert "is empty" in line
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_trained_method_without_scales(tmp_path, stories_path, capsys):
+    line = run_error(capsys, ["evaluate", "--model", str(stories_path), "--method", "sasq", *EVAL, "--output", str(tmp_path / "x.json")])
+    assert "run `sasq train` first" in line
+
+
+def test_missing_model_folder(tmp_path, capsys):
+    line = run_error(capsys, ["evaluate", "--model", str(tmp_path / "nope"), "--method", "fp", *EVAL, "--output", str(tmp_path / "x.json")])
+    assert "not found" in line

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from sasq.data import eval_windows, load_corpus, random_windows, raw_to_rows, shuffled_windows
+
+
+def test_rows_match_datasets_layout():
+    rows = raw_to_rows(" = A = \n \n text\n")
+    assert rows == [" = A = \n", "", " text\n"]
+
+
+def test_wikitext_test_rows(wikitext_dir):
+    corpus = load_corpus("wikitext2", "test", str(wikitext_dir))
+    assert corpus.text.count("\n\n") >= 4357
+    assert len(corpus.text) == 1_294_336
+    assert corpus.source.endswith("wiki.test.raw")
+
+
+def test_missing_wikitext_names_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        load_corpus("wikitext2", "test", str(tmp_path))
+
+
+def test_empty_corpus_is_rejected(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    with pytest.raises(ValueError, match="is empty"):
+        load_corpus(f"text:{empty}")
+
+
+def test_windows_shapes_and_seeds():
+    ids = torch.arange(1000)
+    assert eval_windows(ids, 300).shape == (3, 300)
+    assert torch.equal(eval_windows(ids, 300)[1], torch.arange(300, 600))
+    a = random_windows(ids, 100, 5, seed=3)
+    assert torch.equal(a, random_windows(ids, 100, 5, seed=3))
+    assert not torch.equal(a, random_windows(ids, 100, 5, seed=4))
+    train = shuffled_windows(ids, 100, 4, seed=0)
+    assert train.shape == (4, 100)
+    assert len({int(row[0]) for row in train}) == 4
+
+
+def test_too_short_corpus():
+    with pytest.raises(ValueError, match="fewer than one window of 2048"):
+        eval_windows(torch.arange(100), 2048)
