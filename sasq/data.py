@@ -7,6 +7,11 @@ Corpora are named ``NAME`` (with a split) or ``text:PATH`` for any UTF-8 file:
   ``data_dir`` or ``$SASQ_WIKITEXT_DIR``, else from the ``datasets`` hub copy. Both give exactly
   the rows of ``load_dataset("wikitext", "wikitext-2-raw-v1")``, joined with ``"\\n\\n"``.
 * ``tinystories``: the TinyStories text in ``$SASQ_TINYSTORIES_DIR`` (``tinystories_train_head.txt``).
+* ``pydoc``: the Python documentation topics that every CPython install carries
+  (``pydoc_data.topics.topics``, values joined with ``"\n\n"`` in sorted key order), a real
+  English corpus for machines that reach neither local WikiText-2 files nor the hub. Splits
+  ``validation`` and ``train`` are the first 90 % of the characters, ``test`` the last 10 %;
+  the text differs between Python versions, so its perplexities are comparable only within one.
 * ``text:PATH``: a plain text file, used as it is.
 
 Example:
@@ -30,6 +35,7 @@ log = logging.getLogger(__name__)
 WIKITEXT_FILES = {"test": "wiki.test.raw", "validation": "wiki.valid.raw", "train": "wiki.train.raw"}
 SPLIT_ALIASES = {"valid": "validation", "val": "validation"}
 TINYSTORIES_FILE = "tinystories_train_head.txt"
+PYDOC_TRAIN_FRACTION = 0.9
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,24 @@ def load_wikitext2(split: str, data_dir: str | None = None) -> Corpus:
     )
 
 
+def load_pydoc_topics(split: str) -> Corpus:
+    """Load the standard library's pydoc topics text, split by characters: 90 % validation/train, 10 % test."""
+    import platform
+
+    from pydoc_data.topics import topics
+
+    split = SPLIT_ALIASES.get(split, split)
+    text = "\n\n".join(topics[key] for key in sorted(topics))
+    cut = int(len(text) * PYDOC_TRAIN_FRACTION)
+    if split in ("validation", "train"):
+        part = text[:cut]
+    elif split == "test":
+        part = text[cut:]
+    else:
+        raise ValueError(f"pydoc split {split!r} is unknown; use validation, train or test")
+    return Corpus("pydoc", split, part, f"pydoc_data.topics (Python {platform.python_version()})")
+
+
 def load_corpus(name: str, split: str = "test", data_dir: str | None = None) -> Corpus:
     """Load a corpus by name (see the module docstring)."""
     if name == "wikitext2":
@@ -91,13 +115,15 @@ def load_corpus(name: str, split: str = "test", data_dir: str | None = None) -> 
         if not path.is_file():
             raise FileNotFoundError(f"TinyStories text {path} not found; set SASQ_TINYSTORIES_DIR to its folder")
         corpus = Corpus("tinystories", split, path.read_text(encoding="utf-8"), str(path))
+    elif name == "pydoc":
+        corpus = load_pydoc_topics(split)
     elif name.startswith("text:"):
         path = Path(name[len("text:"):]).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"text corpus {path} not found; check the path after text:")
         corpus = Corpus(name, split, path.read_text(encoding="utf-8"), str(path))
     else:
-        raise ValueError(f"corpus {name!r} is unknown; use wikitext2, tinystories or text:PATH")
+        raise ValueError(f"corpus {name!r} is unknown; use wikitext2, tinystories, pydoc or text:PATH")
     if not corpus.text.strip():
         raise ValueError(f"corpus {name} ({corpus.source}) is empty; point it at a file with text")
     return corpus

@@ -44,3 +44,22 @@ def test_windows_shapes_and_seeds():
 def test_too_short_corpus():
     with pytest.raises(ValueError, match="fewer than one window of 2048"):
         eval_windows(torch.arange(100), 2048)
+
+
+def test_pydoc_corpus_splits():
+    from pydoc_data.topics import topics
+
+    whole = "\n\n".join(topics[key] for key in sorted(topics))
+    validation = load_corpus("pydoc", "validation")
+    test = load_corpus("pydoc", "test")
+    assert validation.name == "pydoc"
+    assert validation.text + test.text == whole
+    assert len(validation.text) == int(len(whole) * 0.9)
+    assert load_corpus("pydoc", "train").text == validation.text
+    assert load_corpus("pydoc", "valid").text == validation.text
+    assert validation.source.startswith("pydoc_data.topics (Python ")
+
+
+def test_pydoc_unknown_split():
+    with pytest.raises(ValueError, match="pydoc split 'dev' is unknown"):
+        load_corpus("pydoc", "dev")

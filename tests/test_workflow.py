@@ -1,0 +1,163 @@
+"""The Snakemake workflow: dry runs of the paper config, the .test config end to end, config validation.
+
+Skipped when snakemake is not installed (`pip install -e '.[workflow]'`). The end-to-end test
+runs the stories260K model on the WikiText-2 raw files from ``$SASQ_ASSETS`` (default
+``../shared/assets`` beside the checkout), about 27 jobs, a few minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("snakemake", reason="snakemake is not installed; install the workflow extra: pip install -e '.[workflow]'")
+pytest.importorskip("pandas", reason="pandas is not installed; install the workflow extra: pip install -e '.[workflow]'")
+pytest.importorskip("matplotlib", reason="matplotlib is not installed; install the workflow extra: pip install -e '.[workflow]'")
+
+REPO = Path(__file__).resolve().parent.parent
+ASSETS = Path(os.environ.get("SASQ_ASSETS", REPO.parent / "shared" / "assets")).resolve()
+TEST_CONFIG = REPO / ".test" / "config" / "config.yaml"
+FIGURES = ["ppl_vs_bits", "ppl_vs_model_size", "sasq_loss_curve", "activation_absmax"]
+TEST_METHODS = ["fp", "dynamic", "static-minmax", "sasq-init", "sasq"]
+TEST_BITS = ["w8a8", "w4a8"]
+
+
+def snakemake(*args: str, cwd: Path = REPO, timeout: int = 1800) -> subprocess.CompletedProcess:
+    """Run snakemake from this interpreter's environment, so `sasq` and the venv's packages are found."""
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assets_config() -> list[str]:
+    stories = ASSETS / "stories260K-hf"
+    wikitext = ASSETS / "wikitext-2-raw"
+    if not (stories / "config.json").is_file() or not (wikitext / "wiki.test.raw").is_file():
+        pytest.skip(f"stories260K or WikiText-2 raw files not found under {ASSETS} (set SASQ_ASSETS)")
+    return [f"assets_dir={ASSETS}", f"data_dir={wikitext}"]
+
+
+@pytest.mark.parametrize("profile", ["local", "slurm"])
+def test_paper_config_dry_run(profile, tmp_path):
+    result = snakemake(
+        "-n", "--profile", str(REPO / "profiles" / profile), "--configfile", str(REPO / "config" / "paper.yaml"),
+        "--config", f"output_dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = result.stdout + result.stderr
+    assert "This was a dry-run" in summary
+    for rule in ("prepare_model", "calibrate", "train", "evaluate", "diagnose", "collect", "report"):
+        assert f"rule {rule}:" in summary, f"dry run of config/paper.yaml plans no {rule} job"
+    assert "meta-llama/Llama-2-70b-hf" in summary
+    assert not (tmp_path / "results").exists()
+
+
+def test_default_config_dry_run(tmp_path):
+    result = snakemake("-n", "--cores", "2", "--config", f"output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "smollm2-135m" in result.stdout + result.stderr
+
+
+def test_test_config_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    result = snakemake(
+        "--cores", "2", "--directory", str(tmp_path), "--configfile", str(TEST_CONFIG),
+        "--config", f"output_dir={out}", *assets_config(),
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+
+    with open(out / "results" / "ppl.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    found = {(row["model"], row["method"], row["bits"]) for row in rows}
+    expected = {("stories260k", "fp", "float")} | {("stories260k", m, b) for m in TEST_METHODS[1:] for b in TEST_BITS}
+    assert found == expected
+    for row in rows:
+        assert row["eval_corpus"] == "wikitext2", row
+        assert row["corpus_fallback"] == "False", row
+        assert row["eval_windows"] == "2", row
+        assert row["seqlen"] == "256", row
+        assert 1.0 < float(row["ppl"]) < 1e4, row
+
+    report = (out / "results" / "report.md").read_text()
+    table_rows = [line for line in report.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    header = next(index for index, line in enumerate(table_rows) if line.startswith("| method |"))
+    assert "stories260k W8A8" in table_rows[header]
+    assert table_rows[header + 1].startswith("| fp |")
+    assert "Corpus: `wikitext2`" in report
+    assert "WARNING" not in report
+
+    for name in FIGURES:
+        figure = out / "figures" / f"{name}.png"
+        assert figure.is_file(), f"{figure} missing"
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for bits in TEST_BITS:
+        assert (out / "results" / "runs" / "stories260k" / "train" / f"sasq-{bits}.json").is_file()
+        assert (out / "results" / "runs" / "stories260k" / "diagnose" / f"sasq-init-{bits}.json").is_file()
+
+    again = snakemake(
+        "--cores", "2", "--directory", str(tmp_path), "--configfile", str(TEST_CONFIG),
+        "--config", f"output_dir={out}", *assets_config(),
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "key"),
+    [
+        ("{wbits: 4, abits: 8}", "{wbits: 9, abits: 8}", "wbits"),
+        ("methods: [fp,", "methods: [fp, no-such-method,", "methods"),
+        ("granularity: per-tensor", "granularity: per-row", "granularity"),
+    ],
+)
+def test_bad_config_fails_before_jobs(replace, by, key, tmp_path):
+    text = TEST_CONFIG.read_text()
+    assert replace in text
+    text = text.replace(replace, by)
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    out = tmp_path / "out"
+    result = snakemake("--cores", "1", "--directory", str(tmp_path), "--configfile", str(config), "--config", f"output_dir={out}", *assets_config())
+    assert result.returncode != 0
+    assert key in result.stdout + result.stderr
+    assert "rule " not in result.stdout + result.stderr
+    assert not out.exists()
+
+
+def test_unknown_config_key_fails(tmp_path):
+    config = tmp_path / "typo.yaml"
+    config.write_text(TEST_CONFIG.read_text() + "eval_windows: 4\n")
+    result = snakemake("-n", "--configfile", str(config), "--config", f"output_dir={tmp_path}")
+    assert result.returncode != 0
+    assert "Additional properties are not allowed ('eval_windows'" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("allow", [True, False])
+def test_corpus_fallback_without_wikitext(allow, tmp_path, monkeypatch):
+    monkeypatch.delenv("SASQ_WIKITEXT_DIR", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    target = out / "results" / "data" / "corpus.json"
+    result = snakemake(
+        str(target), "--cores", "1", "--directory", str(tmp_path), "--configfile", str(TEST_CONFIG),
+        "--config", f"output_dir={out}", f"data_dir={tmp_path / 'no-wikitext'}", f"allow_fallback_corpus={allow}",
+        *assets_config()[:1],
+    )
+    if not allow:
+        assert result.returncode != 0
+        assert "allow_fallback_corpus is false" in result.stdout + result.stderr
+        assert not target.exists()
+        return
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(target.read_text())
+    assert info["corpus"] == "pydoc"
+    assert info["fallback"] is True
+    assert (out / "results" / "data" / "corpus.name").read_text().strip() == "pydoc"
+    assert "WARNING: WikiText-2 is not reachable" in result.stdout + result.stderr

@@ -1,0 +1,184 @@
+# Config validation and the helpers that turn the config into the job matrix.
+
+import importlib.util
+import re
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+REPO_ROOT = Path(workflow.basedir).resolve()
+STORIES260K_FOLDER = "stories260K-hf"
+
+validate(config, "../schemas/config.schema.yaml")
+
+
+def _config_error(key, message):
+    return WorkflowError(f"invalid config value for '{key}': {message}")
+
+
+def _repo_path(value):
+    """Resolve a local path from the config against the repository root; hub ids stay as they are."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    if value.startswith(".") or (REPO_ROOT / path).exists():
+        return str((REPO_ROOT / path).resolve())
+    return value
+
+
+def _registered_methods():
+    try:
+        from sasq.method import available_methods
+    except ImportError as err:
+        raise WorkflowError(f"the sasq package is not importable ({err}); run `pip install -e '.[workflow]'` in this environment") from err
+    return available_methods()
+
+
+REGISTRY = _registered_methods()
+
+if config["methods"] == "all":
+    METHODS = sorted(REGISTRY, key=lambda name: (REGISTRY[name].activation != "none", name))
+else:
+    METHODS = list(config["methods"])
+    unknown = [name for name in METHODS if name not in REGISTRY]
+    if unknown:
+        raise _config_error("methods", f"unknown method(s) {', '.join(unknown)}; use names from `sasq methods`: {', '.join(sorted(REGISTRY))}")
+
+MODELS = {name: dict(entry, ref=_repo_path(entry["ref"])) for name, entry in config["models"].items()}
+if config["assets_dir"]:
+    stories = Path(_repo_path(config["assets_dir"])) / STORIES260K_FOLDER
+    if not (stories / "config.json").is_file():
+        raise _config_error("assets_dir", f"{stories} has no config.json; point assets_dir at the folder holding {STORIES260K_FOLDER}/")
+    MODELS.setdefault("stories260k", {"ref": str(stories)})
+if not MODELS:
+    raise _config_error("models", "no model configured; add one under models or set assets_dir")
+
+DATA_DIR = _repo_path(config["data_dir"])
+OUT = config["output_dir"].rstrip("/") or "."
+RESULTS = f"{OUT}/results"
+FIGURES = f"{OUT}/figures"
+RUNS = f"{RESULTS}/runs"
+
+if config["latency"] and importlib.util.find_spec("sasq.latency") is None:
+    raise _config_error("latency", "true, but the module sasq.latency is not installed; set latency: false")
+
+
+def bits_tag(wbits, abits):
+    return f"w{wbits}a{abits}"
+
+
+BIT_TAGS = [bits_tag(b["wbits"], b["abits"]) for b in config["bits"]]
+FLOAT_TAG = "float"
+
+
+def method_tags(method):
+    """Bit-width tags a method runs at: one float run for unquantized methods, every config pair else."""
+    return [FLOAT_TAG] if REGISTRY[method].activation == "none" else BIT_TAGS
+
+
+def settings(model, group):
+    """The eval, calib or train settings of a model: the global block with the model's overrides on top."""
+    return {**config[group], **MODELS[model].get(group, {})}
+
+
+def matrix(predicate=lambda method: True):
+    """(model, method, bits tag) triples of the config whose method satisfies the predicate."""
+    return [(model, method, tag) for model in MODELS for method in METHODS if predicate(REGISTRY[method]) for tag in method_tags(method)]
+
+
+def rule_resources(rule_name):
+    """Resources of a rule: config resources.default, then resources.<rule>, then the model's override."""
+    merged = {**config["resources"].get("default", {}), **config["resources"].get(rule_name, {})}
+    keys = set(merged)
+    for entry in MODELS.values():
+        keys |= set(entry.get("resources", {}).get(rule_name, {}))
+
+    def value(key):
+        def lookup(wildcards):
+            model = getattr(wildcards, "model", None)
+            override = MODELS[model].get("resources", {}).get(rule_name, {}) if model else {}
+            return override.get(key, merged.get(key))
+
+        return lookup
+
+    return {key: value(key) for key in sorted(keys)}
+
+
+def scheme_args(wildcards):
+    """`sasq` options of the method and bit-width wildcards, shared by calibrate, train, evaluate, diagnose."""
+    args = [f"--method {wildcards.method}", f"--model {MODELS[wildcards.model]['ref']}", f"--seed {config['seed']}"]
+    args += [f"--device {config['device']}", f"--dtype {config['dtype']}", f"--granularity {config['granularity']}"]
+    if config["weight_quantizer"] != "rtn":
+        args.append(f"--weight-quantizer {config['weight_quantizer']}")
+    if wildcards.bits != FLOAT_TAG:
+        wbits, abits = wildcards.bits[1:].split("a")
+        args.append(f"--wbits {wbits} --abits {abits}")
+    if DATA_DIR:
+        args.append(f"--data-dir {DATA_DIR}")
+    calib = settings(wildcards.model, "calib")
+    args.append(f"--calib-split {calib['split']} --calib-seqlen {calib['seqlen']} --calib-windows {calib['windows']}")
+    return " ".join(args)
+
+
+def eval_args(wildcards, windows_key="windows"):
+    evaluation = settings(wildcards.model, "eval")
+    args = f"--eval-split {evaluation['split']} --seqlen {evaluation['seqlen']}"
+    if evaluation[windows_key] is not None:
+        args += f" --eval-windows {evaluation[windows_key]}"
+    return args
+
+
+def train_args(wildcards):
+    train = settings(wildcards.model, "train")
+    args = f"--train-split {train['split']} --train-seqlen {train['seqlen']} --lr {train['lr']} --epochs {train['epochs']}"
+    args += f" --checkpoint-every {train['checkpoint_every']}"
+    if train["windows"] is not None:
+        args += f" --train-windows {train['windows']}"
+    if train["max_steps"] is not None:
+        args += f" --max-steps {train['max_steps']}"
+    return args
+
+
+def scales_for(wildcards):
+    """Scales file that `sasq evaluate` loads: trained scales, calibrated scales, or none (dynamic, float)."""
+    method = REGISTRY[wildcards.method]
+    if method.trains:
+        return f"{RUNS}/{wildcards.model}/train/{wildcards.method}-{wildcards.bits}.safetensors"
+    if method.activation == "static":
+        return f"{RUNS}/{wildcards.model}/calibrate/{wildcards.method}-{wildcards.bits}.safetensors"
+    return []
+
+
+def evaluation_jsons():
+    return [f"{RUNS}/{model}/evaluate/{method}-{tag}.json" for model, method, tag in matrix()]
+
+
+def training_jsons():
+    return [f"{RUNS}/{model}/train/{method}-{tag}.json" for model, method, tag in matrix(lambda m: m.trains)]
+
+
+DIAGNOSED = [name for name in ("sasq-init", "sasq") if name in METHODS]
+
+
+def diagnose_jsons():
+    return [f"{RUNS}/{model}/diagnose/{method}-{tag}.json" for model in MODELS for method in DIAGNOSED for tag in BIT_TAGS]
+
+
+FIGURE_NAMES = ["ppl_vs_bits", "ppl_vs_model_size", "sasq_loss_curve", "activation_absmax"]
+
+
+def final_targets():
+    targets = [f"{RESULTS}/ppl.csv", f"{RESULTS}/report.md"]
+    targets += [f"{FIGURES}/{name}.png" for name in FIGURE_NAMES]
+    if config["latency"]:
+        targets += [f"{RESULTS}/latency.csv", f"{FIGURES}/latency.png"]
+    return targets
+
+
+wildcard_constraints:
+    model="[A-Za-z0-9][A-Za-z0-9._-]*",
+    method="|".join(re.escape(name) for name in sorted(REGISTRY)),
+    bits=f"{FLOAT_TAG}|w[2-8]a[2-8]",

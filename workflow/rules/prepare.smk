@@ -1,0 +1,30 @@
+# Models and data: fetch or convert each model once, and decide which corpus every job uses.
+
+
+rule prepare_model:
+    output:
+        f"{RESULTS}/models/{{model}}.json",
+    params:
+        ref=lambda wildcards: MODELS[wildcards.model]["ref"],
+    resources:
+        **rule_resources("prepare_model"),
+    log:
+        f"{RESULTS}/logs/prepare_model/{{model}}.log",
+    script:
+        "../scripts/prepare_model.py"
+
+
+rule prepare_data:
+    output:
+        info=f"{RESULTS}/data/corpus.json",
+        name=f"{RESULTS}/data/corpus.name",
+    params:
+        data_dir=DATA_DIR,
+        allow_fallback=config["allow_fallback_corpus"],
+        splits=sorted({settings(model, group)["split"] for model in MODELS for group in ("eval", "calib", "train")}),
+    resources:
+        **rule_resources("prepare_data"),
+    log:
+        f"{RESULTS}/logs/prepare_data.log",
+    script:
+        "../scripts/prepare_data.py"
