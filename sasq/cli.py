@@ -51,6 +51,12 @@ def _add_scheme_options(parser: argparse.ArgumentParser, default_method: str | N
     group.add_argument("--lsq-grad-scale", action="store_true", help="multiply scale gradients by 1/sqrt(N*qmax) as in LSQ")
     group.add_argument("--scale-param", default="log", choices=("log", "linear"), help="train log(scale) or the scale itself (default log)")
     group.add_argument("--quantize-lm-head", action="store_true", help="also quantize lm_head (default: float)")
+    group.add_argument(
+        "--weight-quantizer",
+        default="rtn",
+        choices=("rtn", "gptq"),
+        help="weight quantization: rtn (round to nearest) or gptq (uses the calibration windows; lm_head stays RTN) (default rtn)",
+    )
 
 
 def _add_calib_options(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +145,7 @@ def _scheme(args: argparse.Namespace) -> Scheme:
         lsq_grad_scale=args.lsq_grad_scale,
         scale_parametrization=args.scale_param,
         quantize_lm_head=args.quantize_lm_head,
+        weight_quantizer=args.weight_quantizer,
     )
 
 
@@ -148,13 +155,43 @@ def _check_seqlen(model, seqlen: int, option: str) -> None:
         raise ValueError(f"{option}={seqlen} exceeds the model's context of {limit} tokens; use {option} {limit} or less")
 
 
-def _calibration_windows(args, lm, method: Method):
-    if not method.needs_calibration or args.calib_windows == 0:
+def _needs_calibration(method: Method, scheme: Scheme) -> bool:
+    return method.needs_calibration or (method.activation != "none" and scheme.weight_quantizer == "gptq")
+
+
+def _calibration_windows(args, lm, method: Method, scheme: Scheme):
+    if not _needs_calibration(method, scheme) or args.calib_windows == 0:
         return None
     _check_seqlen(lm.model, args.calib_seqlen, "--calib-seqlen")
     corpus = load_corpus(args.calib_corpus, args.calib_split, args.data_dir)
     ids = tokenize(lm.tokenizer, corpus.text)
     return random_windows(ids, args.calib_seqlen, args.calib_windows, args.seed)
+
+
+def _check_same_calibration(scales_file: str, args, scheme: Scheme) -> None:
+    """Reject a scales file whose transform or GPTQ ran on other calibration windows than this run's.
+
+    Smoothing factors and GPTQ weights are rebuilt from the calibration windows,
+    so scales trained after them only fit the model rebuilt from the same windows.
+    """
+    if not Path(scales_file).is_file():
+        raise FileNotFoundError(f"scales file {scales_file} not found; run `sasq calibrate` or `sasq train` to make one")
+    saved = read_scales_metadata(scales_file).get("extra", {})
+    current = {
+        "calib_corpus": args.calib_corpus,
+        "calib_split": args.calib_split,
+        "calib_windows": args.calib_windows,
+        "calib_seqlen": args.calib_seqlen,
+        "seed": args.seed,
+        "weight_quantizer": scheme.weight_quantizer,
+    }
+    for key, value in current.items():
+        if key in saved and saved[key] != value:
+            option = "--" + key.replace("_", "-")
+            raise ValueError(
+                f"scales file {scales_file} was made with {key}={saved[key]!r} but this run uses {value!r}; "
+                f"pass {option} {saved[key]} so the transformed model matches the scales"
+            )
 
 
 def _prepare(args, default_scales: str | None = None):
@@ -163,9 +200,12 @@ def _prepare(args, default_scales: str | None = None):
     method = get_method(args.method)
     if args.threads:
         torch.set_num_threads(args.threads)
-    lm = load_model(args.model, dtype=args.dtype, device=args.device)
     scales_file = default_scales
-    calib = None if scales_file and method.transform is None else _calibration_windows(args, lm, method)
+    uses_windows_with_scales = method.transform is not None or scheme.weight_quantizer == "gptq"
+    if scales_file and uses_windows_with_scales:
+        _check_same_calibration(scales_file, args, scheme)
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    calib = None if scales_file and not uses_windows_with_scales else _calibration_windows(args, lm, method, scheme)
     quantizers = build_quantized_model(lm.model, method, scheme, calib, calibrate_scales=scales_file is None)
     if scales_file:
         load_scales(scales_file, quantizers, model_fingerprint(lm.model))
@@ -181,16 +221,16 @@ def _settings(args, lm, method: Method, scheme: Scheme) -> dict:
         "abits": scheme.abits if method.activation != "none" else None,
         "granularity": {"none": "none", "dynamic": "per-token"}.get(method.activation, scheme.granularity),
         "symmetric": scheme.symmetric,
-        "weight_quantizer": "rtn" if method.activation != "none" else None,
+        "weight_quantizer": scheme.weight_quantizer if method.activation != "none" else None,
         "weight_group_size": scheme.weight_group_size,
         "observer": method.observer,
         "scale_parametrization": scheme.scale_parametrization,
         "lsq_grad_scale": scheme.lsq_grad_scale,
         "quantize_lm_head": scheme.quantize_lm_head,
-        "calib_corpus": args.calib_corpus if method.needs_calibration else None,
-        "calib_split": args.calib_split if method.needs_calibration else None,
-        "calib_windows": args.calib_windows if method.needs_calibration else 0,
-        "calib_seqlen": args.calib_seqlen if method.needs_calibration else None,
+        "calib_corpus": args.calib_corpus if _needs_calibration(method, scheme) else None,
+        "calib_split": args.calib_split if _needs_calibration(method, scheme) else None,
+        "calib_windows": args.calib_windows if _needs_calibration(method, scheme) else 0,
+        "calib_seqlen": args.calib_seqlen if _needs_calibration(method, scheme) else None,
         "seed": args.seed,
         "dtype": args.dtype,
     }

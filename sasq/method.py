@@ -6,8 +6,8 @@ float-model transform (smoothing, rotation) runs first. The CLI and the workflow
 by name through :func:`get_method`; the baselines register themselves from ``baselines/``.
 
 Example:
-    >>> sorted(available_methods())[:3]
-    ['dynamic', 'fp', 'sasq']
+    >>> {"fp", "dynamic", "sasq"} <= set(available_methods())
+    True
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from sasq.spec import Granularity, QuantConfig, QuantSpec
 log = logging.getLogger(__name__)
 
 ACTIVATION_MODES = ("none", "dynamic", "static")
+WEIGHT_QUANTIZERS = ("rtn", "gptq")
 
 Transform = Callable[[nn.Module, Tensor], None]
 
@@ -105,6 +106,8 @@ class Scheme:
         weight_group_size: columns per weight group, or ``None`` for per-channel weights.
         percentile: the ``percentile`` observer's percentile.
         lsq_grad_scale, scale_parametrization, quantize_lm_head: see :class:`QuantConfig`.
+        weight_quantizer: ``rtn`` (round to nearest) or ``gptq`` (:mod:`sasq.gptq`, run on the
+            calibration windows after the method's transform); applies to every method.
     """
 
     wbits: int = 8
@@ -116,8 +119,11 @@ class Scheme:
     lsq_grad_scale: bool = False
     scale_parametrization: str = "log"
     quantize_lm_head: bool = False
+    weight_quantizer: str = "rtn"
 
     def __post_init__(self) -> None:
+        if self.weight_quantizer not in WEIGHT_QUANTIZERS:
+            raise ValueError(f"weight_quantizer {self.weight_quantizer!r} is unknown; use one of {', '.join(WEIGHT_QUANTIZERS)}")
         if self.granularity not in (Granularity.PER_TENSOR.value, Granularity.PER_CHANNEL.value):
             raise ValueError(f"granularity {self.granularity!r} is invalid for static scales; use per-tensor or per-channel")
 
@@ -160,14 +166,15 @@ def build_quantized_model(
         method: the recipe.
         scheme: bit-widths and options.
         calib_windows: calibration token ids ``[n, seqlen]``; required when the method
-            transforms the model or calibrates static scales.
+            transforms the model, calibrates static scales or quantizes weights by GPTQ.
         calibrate_scales: set False when the scales come from a file instead.
         batch_size: windows per calibration forward pass.
 
     Returns:
         The input quantizers by name (empty for float methods).
     """
-    needs = method.transform is not None or (method.activation == "static" and calibrate_scales)
+    gptq = method.activation != "none" and scheme.weight_quantizer == "gptq"
+    needs = method.transform is not None or (method.activation == "static" and calibrate_scales) or gptq
     if needs and calib_windows is None:
         raise ValueError(f"method {method.name} needs calibration windows; pass --calib-windows above 0")
     if method.transform is not None:
@@ -175,6 +182,10 @@ def build_quantized_model(
     config = quant_config(method, scheme)
     if config is None:
         return {}
+    if gptq:
+        from sasq.gptq import gptq_quantize_model
+
+        gptq_quantize_model(model, calib_windows, config.weight)
     quantizers = patch_model(model, config)
     if method.activation == "static" and calibrate_scales:
         calibrate(model, quantizers, calib_windows, config.observer, config.percentile, batch_size)

@@ -95,3 +95,12 @@ def test_trained_method_without_scales(tmp_path, stories_path, capsys):
 def test_missing_model_folder(tmp_path, capsys):
     line = run_error(capsys, ["evaluate", "--model", str(tmp_path / "nope"), "--method", "fp", *EVAL, "--output", str(tmp_path / "x.json")])
     assert "not found" in line
+
+
+def test_transform_scales_need_same_calibration(tmp_path, stories_path, capsys):
+    scales = tmp_path / "smooth.safetensors"
+    model = ["--model", str(stories_path)]
+    assert main(["calibrate", *model, "--method", "smoothquant-static", *FAST, "--output", str(scales)]) == 0
+    other = ["--calib-windows", "3", "--calib-seqlen", "128"]
+    line = run_error(capsys, ["evaluate", *model, "--method", "smoothquant-static", "--scales", str(scales), *other, *EVAL, "--output", str(tmp_path / "x.json")])
+    assert "made with calib_windows=2 but this run uses 3" in line
