@@ -23,8 +23,8 @@ run_train() {  # name, extra options
 }
 
 run_eval fp-n$eval_n "$eval_n" --method fp
-for bits in 8 4; do
-  w=(--wbits $bits --abits 8)
+bits_rows() {  # weight bits
+  local bits=$1 w=(--wbits $1 --abits 8)
   run_eval dynamic-w${bits}a8-n$eval_n "$eval_n" --method dynamic "${w[@]}"
   run_eval minmax-w${bits}a8-n$eval_n "$eval_n" --method static-minmax "${w[@]}" "${calib[@]}"
   run_eval init-w${bits}a8-n$eval_n "$eval_n" --method sasq-init "${w[@]}" "${calib[@]}"
@@ -32,10 +32,19 @@ for bits in 8 4; do
     run_train sasq-w${bits}a8-$gran "${w[@]}" --granularity $gran
     run_eval sasq-w${bits}a8-$gran-n$eval_n "$eval_n" --method sasq "${w[@]}" --granularity $gran --scales "$out/sasq-w${bits}a8-$gran.safetensors"
   done
-done
+}
+run_diagnose() {  # name, extra options
+  local name=$1; shift
+  [ -f "$out/$name.json" ] || sasq diagnose --model $model --seqlen 2048 --eval-windows 1 "${calib[@]}" --output "$out/$name.json" "$@"
+}
+
+bits_rows 8
+run_diagnose diagnose-init-w8a8 --method sasq-init
+run_diagnose diagnose-sasq-w8a8-per-tensor --method sasq --scales "$out/sasq-w8a8-per-tensor.safetensors"
+bits_rows 4
 if [ "${FULL:-0}" = 1 ]; then
   run_eval fp-n148 148 --method fp
   run_eval sasq-w8a8-per-tensor-n148 148 --method sasq --scales "$out/sasq-w8a8-per-tensor.safetensors"
-  run_eval dynamic-w8a8-n148 148 --method dynamic
   run_eval sasq-w8a8-per-channel-n148 148 --method sasq --granularity per-channel --scales "$out/sasq-w8a8-per-channel.safetensors"
+  run_eval dynamic-w8a8-n148 148 --method dynamic
 fi

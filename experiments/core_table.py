@@ -1,4 +1,4 @@
-"""Print the core SmolLM2-135M table (markdown) from the JSON rows in a results folder.
+"""Print the core SmolLM2-135M tables (markdown) from the JSON rows in a results folder.
 
 Usage: python experiments/core_table.py results/core
 """
@@ -10,6 +10,27 @@ import sys
 from pathlib import Path
 
 ORDER = ["fp", "dynamic", "static-minmax", "sasq-init", "sasq"]
+
+
+def diagnose_table(folder: Path, top: int = 12) -> None:
+    """Print the quantizers with the largest relative error after training, beside their initial values."""
+    init_path, trained_path = folder / "diagnose-init-w8a8.json", folder / "diagnose-sasq-w8a8-per-tensor.json"
+    if not (init_path.exists() and trained_path.exists()):
+        return
+    init = {r["quantizer"]: r for r in json.loads(init_path.read_text())["quantizers"]}
+    trained = sorted(json.loads(trained_path.read_text())["quantizers"], key=lambda r: -r["rel_error"])
+    print()
+    print("| quantizer | abs-max seen | range init → trained | rel. error init → trained | of it clipping (trained) | clipped share (trained) |")
+    print("| --- | ---: | --- | --- | ---: | ---: |")
+    for r in trained[:top]:
+        i = init[r["quantizer"]]
+        print(
+            f"| {r['quantizer']} | {r['abs_max']:.1f} | {i['range_max']:.1f} → {r['range_max']:.1f} "
+            f"| {i['rel_error']:.4f} → {r['rel_error']:.4f} | {r['clip_error']:.4f} | {r['clip_fraction']:.2e} |"
+        )
+    total_init = sum(r["rel_error"] for r in init.values())
+    total_trained = sum(r["rel_error"] for r in trained)
+    print(f"\nSum of relative errors over all {len(trained)} quantizers: {total_init:.3f} (init) → {total_trained:.3f} (trained).")
 
 
 def main(folder: str) -> None:
@@ -25,6 +46,7 @@ def main(folder: str) -> None:
             f"| {r['method']} | {bits} | {r['granularity']} | {calib} | {train} | {r['eval_windows']} × {r['seqlen']} "
             f"| {r['ppl']:.3f} | {r['seconds']:.0f} |"
         )
+    diagnose_table(Path(folder))
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--train-split", default="validation", help="its split (default validation)")
     group.add_argument("--train-windows", type=int, default=None, help="non-overlapping training windows, seeded order (default: all)")
     group.add_argument("--train-seqlen", type=int, default=2048, help="tokens per training window (default 2048)")
-    group.add_argument("--lr", type=float, default=5e-3, help="AdamW learning rate; with --scale-param log, the relative change per step (default 5e-3)")
+    group.add_argument("--lr", type=float, default=2e-2, help="AdamW learning rate; with --scale-param log, about the relative change of a scale per step (default 2e-2)")
     group.add_argument("--epochs", type=int, default=1, help="passes over the training windows (default 1)")
     group.add_argument("--batch-size", type=int, default=1, help="windows per optimiser step (default 1)")
     group.add_argument("--grad-clip", type=float, default=1.0, help="maximum gradient norm; 0 disables clipping (default 1.0)")

@@ -8,7 +8,7 @@ scales through the fake-quant graph by the straight-through estimator (see
 and a rerun with the same settings continues from it with the same data order.
 
 Example:
-    >>> result = train_scales(model, quantizers, windows, TrainConfig(lr=5e-3))   # doctest: +SKIP
+    >>> result = train_scales(model, quantizers, windows, TrainConfig(lr=2e-2))   # doctest: +SKIP
     >>> result.loss_curve[:2]                                                     # doctest: +SKIP
     [3.12, 3.08]
 """
@@ -47,7 +47,7 @@ class TrainConfig:
         max_steps: stop after this many steps in total, or ``None`` for all epochs.
     """
 
-    lr: float = 5e-3
+    lr: float = 2e-2
     epochs: int = 1
     batch_size: int = 1
     grad_clip: float | None = 1.0
