@@ -29,6 +29,30 @@ from sasq.scales import load_scales, read_scales_metadata, save_scales
 log = logging.getLogger("sasq")
 
 
+def positive_int(text: str) -> int:
+    """Parse an integer of at least 1 (argparse type)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid; use an integer of at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """Parse an integer of at least 0 (argparse type)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is invalid; use an integer of at least 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """Parse a number of at least 0 (argparse type)."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{value} is invalid; use a number of at least 0")
+    return value
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", required=True, help="source name (smollm2-135m), local HF folder, .gguf file or hub id")
@@ -36,7 +60,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
     group.add_argument("--data-dir", default=None, help="folder with WikiText-2 raw files (default $SASQ_WIKITEXT_DIR, else the hub)")
     group.add_argument("--seed", type=int, default=0, help="seed of calibration sampling and training order (default 0)")
-    group.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    group.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's choice)")
 
 
 def _add_scheme_options(parser: argparse.ArgumentParser, default_method: str | None) -> None:
@@ -46,7 +70,7 @@ def _add_scheme_options(parser: argparse.ArgumentParser, default_method: str | N
     group.add_argument("--abits", type=int, default=8, help="activation bits, 2-8 (default 8)")
     group.add_argument("--granularity", default="per-tensor", help="static activation scales: per-tensor or per-channel (default per-tensor)")
     group.add_argument("--asymmetric", action="store_true", help="asymmetric activation grid with a zero point (default symmetric)")
-    group.add_argument("--weight-group-size", type=int, default=None, help="weight columns per scale group (default: one scale per output channel)")
+    group.add_argument("--weight-group-size", type=positive_int, default=None, help="weight columns per scale group (default: one scale per output channel)")
     group.add_argument("--percentile", type=float, default=99.99, help="percentile of |x| for the percentile observer, in (0, 100] (default 99.99)")
     group.add_argument("--lsq-grad-scale", action="store_true", help="multiply scale gradients by 1/sqrt(N*qmax) as in LSQ")
     group.add_argument("--scale-param", default="log", choices=("log", "linear"), help="train log(scale) or the scale itself (default log)")
@@ -63,22 +87,22 @@ def _add_calib_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("calibration data")
     group.add_argument("--calib-corpus", default="wikitext2", help="corpus: wikitext2, tinystories or text:PATH (default wikitext2)")
     group.add_argument("--calib-split", default="validation", help="corpus split (default validation)")
-    group.add_argument("--calib-windows", type=int, default=128, help="number of calibration windows, drawn at seeded random offsets (default 128)")
-    group.add_argument("--calib-seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
+    group.add_argument("--calib-windows", type=non_negative_int, default=128, help="number of calibration windows, drawn at seeded random offsets (default 128)")
+    group.add_argument("--calib-seqlen", type=positive_int, default=2048, help="tokens per calibration window (default 2048)")
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("scale training")
     group.add_argument("--train-corpus", default="wikitext2", help="corpus the scales are trained on (default wikitext2)")
     group.add_argument("--train-split", default="validation", help="its split (default validation)")
-    group.add_argument("--train-windows", type=int, default=None, help="non-overlapping training windows, seeded order (default: all)")
-    group.add_argument("--train-seqlen", type=int, default=2048, help="tokens per training window (default 2048)")
+    group.add_argument("--train-windows", type=positive_int, default=None, help="non-overlapping training windows, seeded order (default: all)")
+    group.add_argument("--train-seqlen", type=positive_int, default=2048, help="tokens per training window (default 2048)")
     group.add_argument("--lr", type=float, default=2e-2, help="AdamW learning rate; with --scale-param log, about the relative change of a scale per step (default 2e-2)")
-    group.add_argument("--epochs", type=int, default=1, help="passes over the training windows (default 1)")
-    group.add_argument("--batch-size", type=int, default=1, help="windows per optimiser step (default 1)")
-    group.add_argument("--grad-clip", type=float, default=1.0, help="maximum gradient norm; 0 disables clipping (default 1.0)")
-    group.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (default: all epochs)")
-    group.add_argument("--checkpoint-every", type=int, default=50, help="steps between resumable checkpoints; 0 disables them (default 50)")
+    group.add_argument("--epochs", type=positive_int, default=1, help="passes over the training windows (default 1)")
+    group.add_argument("--batch-size", type=positive_int, default=1, help="windows per optimiser step (default 1)")
+    group.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="maximum gradient norm; 0 disables clipping (default 1.0)")
+    group.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimiser steps (default: all epochs)")
+    group.add_argument("--checkpoint-every", type=non_negative_int, default=50, help="steps between resumable checkpoints; 0 disables them (default 50)")
     group.add_argument("--init-scales", default=None, help="start from this scales file instead of calibrating")
 
 
@@ -86,9 +110,9 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("evaluation")
     group.add_argument("--eval-corpus", default="wikitext2", help="corpus to score (default wikitext2)")
     group.add_argument("--eval-split", default="test", help="its split (default test)")
-    group.add_argument("--seqlen", type=int, default=2048, help="tokens per evaluation window (default 2048)")
-    group.add_argument("--eval-windows", type=int, default=None, help="score only the first N windows (default: all)")
-    group.add_argument("--eval-batch-size", type=int, default=1, help="windows per forward pass; memory only (default 1)")
+    group.add_argument("--seqlen", type=positive_int, default=2048, help="tokens per evaluation window (default 2048)")
+    group.add_argument("--eval-windows", type=positive_int, default=None, help="score only the first N windows (default: all)")
+    group.add_argument("--eval-batch-size", type=positive_int, default=1, help="windows per forward pass; memory only (default 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +192,24 @@ def _calibration_windows(args, lm, method: Method, scheme: Scheme):
     return random_windows(ids, args.calib_seqlen, args.calib_windows, args.seed)
 
 
+def _check_scales_match(scales_file: str, method: Method, scheme: Scheme, initial: bool) -> None:
+    """Reject a scales file made by another method, bit-width or granularity, or an untrained one for a trained method."""
+    if method.activation != "static":
+        raise ValueError(f"method {method.name} has no static scales; drop --scales or use a static method")
+    if not Path(scales_file).is_file():
+        raise FileNotFoundError(f"scales file {scales_file} not found; run `sasq calibrate` or `sasq train` to make one")
+    saved = read_scales_metadata(scales_file).get("extra", {})
+    expected = {"method": method.name, "wbits": scheme.wbits, "abits": scheme.abits, "granularity": scheme.granularity}
+    for key, value in expected.items():
+        if key in saved and saved[key] != value:
+            raise ValueError(
+                f"scales file {scales_file} was made with {key}={saved[key]!r} but this run uses {value!r}; "
+                f"pass --{key} {saved[key]} or use scales made for {value!r}"
+            )
+    if method.trains and not initial and "train_windows" not in saved:
+        raise ValueError(f"scales file {scales_file} holds untrained scales but method {method.name} trains them; pass the output of `sasq train`")
+
+
 def _check_same_calibration(scales_file: str, args, scheme: Scheme) -> None:
     """Reject a scales file whose transform or GPTQ ran on other calibration windows than this run's.
 
@@ -201,6 +243,8 @@ def _prepare(args, default_scales: str | None = None):
     if args.threads:
         torch.set_num_threads(args.threads)
     scales_file = default_scales
+    if scales_file:
+        _check_scales_match(scales_file, method, scheme, initial=args.command == "train")
     uses_windows_with_scales = method.transform is not None or scheme.weight_quantizer == "gptq"
     if scales_file and uses_windows_with_scales:
         _check_same_calibration(scales_file, args, scheme)
@@ -319,11 +363,7 @@ def cmd_evaluate(args) -> None:
     corpus, windows = _eval_ids(args, lm)
     result = perplexity(lm.model, windows, batch_size=args.eval_batch_size, desc=f"{method.name} ppl")
     settings = _settings(args, lm, method, scheme)
-    if args.scales:
-        saved = read_scales_metadata(args.scales).get("extra", {})
-        for key in ("train_corpus", "train_split", "train_windows", "train_seqlen", "calib_corpus", "calib_split", "calib_windows", "calib_seqlen"):
-            if key in saved:
-                settings[key] = saved[key]
+    _merge_scales_settings(settings, args.scales)
     row = {
         **settings,
         "train_corpus": settings.get("train_corpus"),
@@ -344,13 +384,25 @@ def cmd_evaluate(args) -> None:
     print(f"{method.name}: ppl {result.ppl:.4f} on {result.windows} windows of {args.seqlen} tokens")
 
 
+def _merge_scales_settings(settings: dict, scales: str | None) -> None:
+    """Copy the calibration and training settings recorded in a scales file into a result row."""
+    if not scales:
+        return
+    saved = read_scales_metadata(scales).get("extra", {})
+    for key in ("train_corpus", "train_split", "train_windows", "train_seqlen", "calib_corpus", "calib_split", "calib_windows", "calib_seqlen"):
+        if key in saved:
+            settings[key] = saved[key]
+
+
 def cmd_diagnose(args) -> None:
     from sasq.diagnostics import quantizer_errors
 
     lm, method, scheme, quantizers, _ = _prepare(args, default_scales=args.scales)
     _, windows = _eval_ids(args, lm)
     rows = quantizer_errors(lm.model, quantizers, windows)
-    write_json(args.output, {**_settings(args, lm, method, scheme), "scales": args.scales, "quantizers": rows})
+    settings = _settings(args, lm, method, scheme)
+    _merge_scales_settings(settings, args.scales)
+    write_json(args.output, {**settings, "scales": args.scales, "quantizers": rows})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"sasq {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = "; rerun the same command to resume from the last checkpoint" if args.command == "train" else ""
+        print(f"sasq {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -121,7 +121,11 @@ def load_corpus(name: str, split: str = "test", data_dir: str | None = None) -> 
         path = Path(name[len("text:"):]).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"text corpus {path} not found; check the path after text:")
-        corpus = Corpus(name, split, path.read_text(encoding="utf-8"), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"text corpus {path} is not UTF-8 text ({err.reason} at byte {err.start}); convert it to UTF-8") from None
+        corpus = Corpus(name, split, text, str(path))
     else:
         raise ValueError(f"corpus {name!r} is unknown; use wikitext2, tinystories, pydoc or text:PATH")
     if not corpus.text.strip():

@@ -122,6 +122,10 @@ class Scheme:
     weight_quantizer: str = "rtn"
 
     def __post_init__(self) -> None:
+        for name in ("wbits", "abits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 8:
+                raise ValueError(f"{name}={value} is out of range; use an integer from 2 to 8")
         if self.weight_quantizer not in WEIGHT_QUANTIZERS:
             raise ValueError(f"weight_quantizer {self.weight_quantizer!r} is unknown; use one of {', '.join(WEIGHT_QUANTIZERS)}")
         if self.granularity not in (Granularity.PER_TENSOR.value, Granularity.PER_CHANNEL.value):

@@ -183,6 +183,8 @@ def load_model(ref: str, dtype: str = "float32", device: str = "cpu") -> LoadedM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} is not available: this torch build sees no CUDA GPU; use --device cpu or install a CUDA build of torch")
     location, gguf_file = resolve_model_path(ref)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:

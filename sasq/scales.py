@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from sasq.quantizer import ActivationQuantizer
 
@@ -38,10 +38,15 @@ def save_scales(path: str | Path, quantizers: dict[str, ActivationQuantizer], fi
 
 
 def read_scales_metadata(path: str | Path) -> dict:
-    """The decoded metadata of a scales file."""
-    with safe_open(str(path), framework="pt") as handle:
-        raw = handle.metadata() or {}
-    return {key: json.loads(value) for key, value in raw.items()}
+    """Return the decoded metadata of a scales file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"scales file {path} not found; run `sasq calibrate` or `sasq train` to make one")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = handle.metadata() or {}
+        return {key: json.loads(value) for key, value in raw.items()}
+    except (SafetensorError, json.JSONDecodeError) as err:
+        raise ValueError(f"scales file {path} is not a valid scales file ({err}); pass a file written by `sasq calibrate` or `sasq train`") from err
 
 
 def load_scales(path: str | Path, quantizers: dict[str, ActivationQuantizer], fingerprint: dict) -> None:

@@ -197,7 +197,14 @@ def _resume(path: Path, identity: dict, static: dict, optimizer, result: TrainRe
         return 0
     state = torch.load(path, map_location="cpu", weights_only=False)
     if state["identity"] != identity:
-        raise ValueError(f"checkpoint {path} was made with other settings or data; delete it or rerun with the same settings")
+        saved_config, config = state["identity"]["config"], identity["config"]
+        differing = [f"{key} {saved_config.get(key)!r} -> {value!r}" for key, value in config.items() if saved_config.get(key) != value]
+        if state["identity"]["windows"] != identity["windows"]:
+            differing.append("training windows")
+        raise ValueError(
+            f"checkpoint {path} was made with other settings ({', '.join(differing) or 'quantizers'}); "
+            f"delete it or rerun with the same settings"
+        )
     with torch.no_grad():
         for name, quantizer in static.items():
             quantizer.raw_scale.copy_(state["raw_scales"][name])

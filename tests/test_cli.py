@@ -104,3 +104,56 @@ def test_transform_scales_need_same_calibration(tmp_path, stories_path, capsys):
     other = ["--calib-windows", "3", "--calib-seqlen", "128"]
     line = run_error(capsys, ["evaluate", *model, "--method", "smoothquant-static", "--scales", str(scales), *other, *EVAL, "--output", str(tmp_path / "x.json")])
     assert "made with calib_windows=2 but this run uses 3" in line
+
+
+def test_scales_from_other_method_or_bits(tmp_path, stories_path, capsys):
+    scales = tmp_path / "minmax.safetensors"
+    model = ["--model", str(stories_path)]
+    assert main(["calibrate", *model, "--method", "static-minmax", *FAST, "--output", str(scales)]) == 0
+    out = ["--output", str(tmp_path / "x.json")]
+    line = run_error(capsys, ["evaluate", *model, "--method", "sasq-init", "--scales", str(scales), *EVAL, *out])
+    assert "made with method='static-minmax' but this run uses 'sasq-init'" in line
+    line = run_error(capsys, ["evaluate", *model, "--method", "static-minmax", "--wbits", "4", "--scales", str(scales), *EVAL, *out])
+    assert "made with wbits=8 but this run uses 4" in line
+    line = run_error(capsys, ["evaluate", *model, "--method", "dynamic", "--scales", str(scales), *EVAL, *out])
+    assert "has no static scales; drop --scales" in line
+
+
+def test_untrained_scales_for_trained_method(tmp_path, stories_path, capsys):
+    scales = tmp_path / "init.safetensors"
+    model = ["--model", str(stories_path)]
+    assert main(["calibrate", *model, "--method", "sasq", *FAST, "--output", str(scales)]) == 0
+    line = run_error(capsys, ["evaluate", *model, "--method", "sasq", "--scales", str(scales), *EVAL, "--output", str(tmp_path / "x.json")])
+    assert "holds untrained scales" in line
+
+
+def test_corrupt_scales_file(tmp_path, stories_path, capsys):
+    scales = tmp_path / "bad.safetensors"
+    scales.write_bytes(b"\xff" * 64)
+    line = run_error(capsys, ["evaluate", "--model", str(stories_path), "--method", "sasq-init", "--scales", str(scales), *EVAL, "--output", str(tmp_path / "x.json")])
+    assert "is not a valid scales file" in line
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--eval-windows", "0"), ("--eval-windows", "-1"), ("--calib-windows", "-3"), ("--eval-batch-size", "0"), ("--threads", "0")],
+)
+def test_counts_out_of_range(tmp_path, stories_path, capsys, option, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--model", str(stories_path), "--method", "fp", option, value, "--output", str(tmp_path / "x.json")])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: {value} is invalid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value, shown", [("--train-windows", "-4", "-4"), ("--grad-clip", "-1", "-1.0"), ("--max-steps", "0", "0")])
+def test_train_options_out_of_range(tmp_path, stories_path, capsys, option, value, shown):
+    with pytest.raises(SystemExit):
+        main(["train", "--model", str(stories_path), option, value, "--output", str(tmp_path / "s.safetensors")])
+    assert f"argument {option}: {shown} is invalid" in capsys.readouterr().err
+
+
+def test_cuda_without_gpu(tmp_path, stories_path, capsys):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is present")
+    line = run_error(capsys, ["evaluate", "--model", str(stories_path), "--method", "fp", "--device", "cuda:0", *EVAL, "--output", str(tmp_path / "x.json")])
+    assert "device 'cuda:0' is not available" in line
