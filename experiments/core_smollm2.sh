@@ -45,6 +45,6 @@ bits_rows 4
 if [ "${FULL:-0}" = 1 ]; then
   run_eval fp-n148 148 --method fp
   run_eval sasq-w8a8-per-channel-n148 148 --method sasq --granularity per-channel --scales "$out/sasq-w8a8-per-channel.safetensors"
-  run_eval sasq-w8a8-per-tensor-n148 148 --method sasq --scales "$out/sasq-w8a8-per-tensor.safetensors"
   run_eval dynamic-w8a8-n148 148 --method dynamic
+  run_eval sasq-w8a8-per-tensor-n148 148 --method sasq --scales "$out/sasq-w8a8-per-tensor.safetensors"
 fi
