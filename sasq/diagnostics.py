@@ -23,7 +23,7 @@ from sasq.quantizer import ActivationQuantizer, fake_quantize
 
 @torch.no_grad()
 def quantizer_errors(model: nn.Module, quantizers: dict[str, ActivationQuantizer], windows: Tensor) -> list[dict]:
-    """One dict per quantizer (see the module docstring), in layer order."""
+    """Return one dict per quantizer (see the module docstring), in layer order."""
     totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     first_reader = {}
     for _, linear in iter_qlinears(model):

@@ -197,7 +197,12 @@ def load_model(ref: str, dtype: str = "float32", device: str = "cpu") -> LoadedM
         ) from err
     model.to(device).eval()
     model.requires_grad_(False)
-    name = ref if ref in SOURCES else Path(location).name if Path(location).exists() else ref.split("/")[-1]
+    if ref in SOURCES:
+        name = ref
+    elif Path(location).exists():
+        name = Path(location).name
+    else:
+        name = ref.split("/")[-1]
     return LoadedModel(model=model, tokenizer=tokenizer, ref=ref, name=name)
 
 
@@ -214,5 +219,5 @@ def model_fingerprint(model: nn.Module) -> dict[str, int | str]:
 
 
 def max_context(model: nn.Module) -> int:
-    """The longest sequence the model was configured for (``max_position_embeddings``)."""
+    """Return the maximum sequence length of the model's config (``max_position_embeddings``)."""
     return int(getattr(model.config, "max_position_embeddings", 2048))

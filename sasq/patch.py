@@ -38,7 +38,7 @@ QUANTIZER_GROUPS = {
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a Hugging Face LLaMA-family causal LM (``model.model.layers``)."""
+    """Return the decoder layers of a Hugging Face LLaMA-family causal LM (``model.model.layers``)."""
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if layers is None:
@@ -100,14 +100,14 @@ def _wrap(linear: nn.Module, config: QuantConfig, quantizer: ActivationQuantizer
 
 
 def iter_qlinears(model: nn.Module) -> Iterator[tuple[str, QLinear]]:
-    """Every :class:`QLinear` of the model with its qualified name."""
+    """Yield every :class:`QLinear` of the model with its qualified name."""
     for name, module in model.named_modules():
         if isinstance(module, QLinear):
             yield name, module
 
 
 def find_quantizers(model: nn.Module) -> dict[str, ActivationQuantizer]:
-    """The distinct input quantizers of a patched model, by name, in module order."""
+    """Return the distinct input quantizers of a patched model, by name, in module order."""
     found: dict[str, ActivationQuantizer] = {}
     for _, module in iter_qlinears(model):
         quantizer = module.input_quantizer

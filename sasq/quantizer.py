@@ -177,7 +177,7 @@ class ActivationQuantizer(nn.Module):
         return self.raw_scale is None or bool(torch.isfinite(self.raw_scale).all())
 
     def scale(self) -> Tensor:
-        """The positive, finite static scale, with the LSQ gradient factor applied."""
+        """Return the positive, finite static scale, with the LSQ gradient factor applied."""
         if self.raw_scale is None:
             raise RuntimeError(f"quantizer {self.name} is dynamic and holds no scale")
         if self.parametrization == "log":

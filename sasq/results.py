@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def git_commit() -> str:
-    """The suite's git commit (with ``-dirty`` when it has uncommitted changes), or ``unknown``."""
+    """Return the suite's git commit (with ``-dirty`` when it has uncommitted changes), or ``unknown``."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
@@ -29,7 +29,7 @@ def git_commit() -> str:
 
 
 def device_name(device: str) -> str:
-    """A readable name of the device: the GPU model, or the CPU and its thread count."""
+    """Return a readable name of the device: the GPU model, or the CPU and its thread count."""
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -67,7 +67,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What the training did: one loss per step, steps and skipped steps, wall time."""
+    """Record of a training run: one loss per step, steps and skipped steps, wall time."""
 
     loss_curve: list[float] = field(default_factory=list)
     steps: int = 0
