@@ -1,6 +1,7 @@
 # Config validation and the helpers that turn the config into the job matrix.
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 

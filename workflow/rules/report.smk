@@ -23,6 +23,7 @@ rule report:
         train=training_jsons(),
         published=str(REPO_ROOT / "workflow" / "resources" / "published_ppl.yaml"),
         figures=[f"{FIGURES}/{name}.png" for name in FIGURE_NAMES],
+        latency=[f"{RESULTS}/latency.csv"] if config["latency"] else [],
     output:
         f"{RESULTS}/report.md",
     params:
@@ -58,7 +59,9 @@ rule latency:
         figure=f"{FIGURES}/latency.png",
     params:
         extra=config["latency_args"],
-    threads: config["threads"]
+    # A benchmark shares the machine with nothing: it takes every core snakemake may use (capped by
+    # --cores), so no other job runs beside it and its threads match the machine's.
+    threads: config["latency_threads"] or os.cpu_count()
     resources:
         **rule_resources("latency"),
     log:

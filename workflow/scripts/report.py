@@ -80,6 +80,34 @@ def ppl_table(granularity_rows):
     return lines
 
 
+def latency_section(bench):
+    """Build the report section of the latency benchmark: median milliseconds per variant and case."""
+    device = ", ".join(sorted(set(bench["device"].astype(str))))
+    out = [
+        f"## Latency ({device})",
+        "",
+        "Median wall time in ms (`python -m sasq.latency`, written to `results/latency.csv`). static/dynamic is",
+        "int8-static time over int8-dynamic time (below 1: static is faster); int GEMM share is int8-static",
+        "throughput as a fraction of the raw `torch._int_mm` on the same shape.",
+        "",
+        "| case | fp32 | bf16 | int8-static | int8-dynamic | static/dynamic | int GEMM share |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    cases = bench[bench["variant"].isin(["fp32", "bf16", "int8-static", "int8-dynamic"])]
+    for (shape, phase, tokens), group in cases.groupby(["model_or_shape", "phase", "tokens"], sort=False):
+        times = dict(zip(group["variant"], group["median_ms"]))
+        static = group[group["variant"] == "int8-static"]
+        ratio = static["ratio_int8_dynamic"].iloc[0] if len(static) else None
+        share = (static["gop_s"] / static["int_gemm_gop_s"]).iloc[0] if len(static) else None
+        context = group["context"].iloc[0]
+        label = f"{shape} decode, 1 token after {int(context)}" if phase == "decode" else f"{shape} {phase}, {tokens} tokens"
+        out.append(
+            f"| {label} | {cell(times.get('fp32'))} | {cell(times.get('bf16'))} "
+            f"| {cell(times.get('int8-static'))} | {cell(times.get('int8-dynamic'))} | {cell(ratio)} | {cell(share)} |"
+        )
+    return out + [""]
+
+
 lines = ["# SASQ workflow report", ""]
 if corpus["fallback"]:
     lines += [
@@ -128,6 +156,8 @@ lines += [
     "- `figures/activation_absmax.png`: per-quantizer activation abs-max and clipping range before and after training",
     "",
 ]
+if snakemake.input.latency:
+    lines += latency_section(pd.read_csv(snakemake.input.latency[0]))
 if snakemake.input.train:
     lines += ["## Scale training", "", "| model | method | bits | steps | first loss | last loss | seconds |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for path in map(Path, snakemake.input.train):
