@@ -6,6 +6,10 @@
 * ``static-minmax``: one static scale per input quantizer from the global abs-max over all
   calibration windows (torchao's and llm-compressor's default static observer).
 * ``static-percentile``: the mean over calibration windows of the 99.99th percentile of ``|x|``.
+* ``fp-gain``: the adaptation control. The float model with one trainable gain at each place
+  where SASQ has an input quantizer (:mod:`sasq.gain`), trained exactly as ``sasq`` trains its
+  scales. If it beats ``fp`` as much as ``sasq`` does, SASQ's gain is adaptation to the
+  training corpus, not better quantization.
 
 The mean-of-max static variant is SASQ's initialisation, registered as ``sasq-init``.
 """
@@ -17,4 +21,7 @@ DYNAMIC = register_method(Method("dynamic", "RTN weights, dynamic per-token acti
 STATIC_MINMAX = register_method(Method("static-minmax", "RTN weights, static scales from the global abs-max", "static", observer="minmax"))
 STATIC_PERCENTILE = register_method(
     Method("static-percentile", "RTN weights, static scales from the mean per-window percentile of |x|", "static", observer="percentile")
+)
+FP_GAIN = register_method(
+    Method("fp-gain", "control: float model with one trained gain per SASQ scale, trained as sasq trains", "none", trains=True, gains=True)
 )

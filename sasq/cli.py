@@ -1,4 +1,4 @@
-"""Command line: ``sasq calibrate``, ``sasq train``, ``sasq evaluate``, ``sasq diagnose``, ``sasq methods``.
+"""Command line: ``sasq calibrate``, ``train``, ``evaluate``, ``diagnose``, ``generate``, ``zeroshot``, ``methods``.
 
 Each command loads a model, applies a method and writes one JSON file (and, for calibrate and
 train, a safetensors file of scales). The numerics live in the library; this module only parses
@@ -22,9 +22,10 @@ import torch
 
 from sasq.data import eval_windows, load_corpus, random_windows, shuffled_windows, tokenize
 from sasq.models import load_model, max_context, model_fingerprint
-from sasq.method import Method, Scheme, available_methods, build_quantized_model, get_method
+from sasq.method import Method, Scheme, available_methods, build_quantized_model, get_method, with_observer
 from sasq.results import environment, write_json
 from sasq.scales import load_scales, read_scales_metadata, save_scales
+from sasq.spec import OBSERVER_NAMES
 
 log = logging.getLogger("sasq")
 
@@ -59,7 +60,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default="float32", help="weight and activation dtype: float32, bfloat16, float16 or float64 (default float32)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
     group.add_argument("--data-dir", default=None, help="folder with WikiText-2 raw files (default $SASQ_WIKITEXT_DIR, else the hub)")
-    group.add_argument("--seed", type=int, default=0, help="seed of calibration sampling and training order (default 0)")
+    group.add_argument("--tinystories-dir", default=None, help="folder with tinystories_train_head.txt for the tinystories corpus (default $SASQ_TINYSTORIES_DIR)")
+    group.add_argument("--seed", type=int, default=0, help="seed of the calibration window offsets and of the choice and order of training windows (default 0)")
     group.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's choice)")
 
 
@@ -68,9 +70,16 @@ def _add_scheme_options(parser: argparse.ArgumentParser, default_method: str | N
     group.add_argument("--method", default=default_method, required=default_method is None, help="method name; `sasq methods` lists them")
     group.add_argument("--wbits", type=int, default=8, help="weight bits, 2-8 (default 8)")
     group.add_argument("--abits", type=int, default=8, help="activation bits, 2-8 (default 8)")
-    group.add_argument("--granularity", default="per-tensor", help="static activation scales: per-tensor or per-channel (default per-tensor)")
+    group.add_argument("--granularity", default="per-tensor", help="static activation scales (or fp-gain gains): per-tensor or per-channel (default per-tensor)")
     group.add_argument("--asymmetric", action="store_true", help="asymmetric activation grid with a zero point (default symmetric)")
     group.add_argument("--weight-group-size", type=positive_int, default=None, help="weight columns per scale group (default: one scale per output channel)")
+    group.add_argument(
+        "--observer",
+        default=None,
+        choices=OBSERVER_NAMES,
+        help="statistic that sets the initial static scales: minmax (global abs-max), mean-max (mean of per-window abs-max) "
+        "or percentile (default: the method's own, or the one recorded in --scales/--init-scales)",
+    )
     group.add_argument("--percentile", type=float, default=99.99, help="percentile of |x| for the percentile observer, in (0, 100] (default 99.99)")
     group.add_argument("--lsq-grad-scale", action="store_true", help="multiply scale gradients by 1/sqrt(N*qmax) as in LSQ")
     group.add_argument("--scale-param", default="log", choices=("log", "linear"), help="train log(scale) or the scale itself (default log)")
@@ -85,7 +94,7 @@ def _add_scheme_options(parser: argparse.ArgumentParser, default_method: str | N
 
 def _add_calib_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("calibration data")
-    group.add_argument("--calib-corpus", default="wikitext2", help="corpus: wikitext2, tinystories or text:PATH (default wikitext2)")
+    group.add_argument("--calib-corpus", default="wikitext2", help="corpus: wikitext2, tinystories, pydoc or text:PATH (default wikitext2)")
     group.add_argument("--calib-split", default="validation", help="corpus split (default validation)")
     group.add_argument("--calib-windows", type=non_negative_int, default=128, help="number of calibration windows, drawn at seeded random offsets (default 128)")
     group.add_argument("--calib-seqlen", type=positive_int, default=2048, help="tokens per calibration window (default 2048)")
@@ -93,7 +102,7 @@ def _add_calib_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("scale training")
-    group.add_argument("--train-corpus", default="wikitext2", help="corpus the scales are trained on (default wikitext2)")
+    group.add_argument("--train-corpus", default="wikitext2", help="corpus the scales are trained on: wikitext2, tinystories, pydoc or text:PATH (default wikitext2)")
     group.add_argument("--train-split", default="validation", help="its split (default validation)")
     group.add_argument("--train-windows", type=positive_int, default=None, help="non-overlapping training windows, seeded order (default: all)")
     group.add_argument("--train-seqlen", type=positive_int, default=2048, help="tokens per training window (default 2048)")
@@ -108,7 +117,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("evaluation")
-    group.add_argument("--eval-corpus", default="wikitext2", help="corpus to score (default wikitext2)")
+    group.add_argument("--eval-corpus", default="wikitext2", help="corpus to score: wikitext2, tinystories, pydoc or text:PATH (default wikitext2)")
     group.add_argument("--eval-split", default="test", help="its split (default test)")
     group.add_argument("--seqlen", type=positive_int, default=2048, help="tokens per evaluation window (default 2048)")
     group.add_argument("--eval-windows", type=positive_int, default=None, help="score only the first N windows (default: all)")
@@ -155,6 +164,35 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--scales", default=None, help="scales file to diagnose (default: calibrate)")
     diagnose.add_argument("--output", required=True, help="JSON file with one entry per quantizer")
     diagnose.set_defaults(func=cmd_diagnose)
+
+    generate = commands.add_parser("generate", help="greedy continuations of fixed prompts, writing them to JSON")
+    _add_model_options(generate)
+    _add_scheme_options(generate, None)
+    _add_calib_options(generate)
+    generate.add_argument("--scales", default=None, help="scales file from calibrate or train (required for trained methods)")
+    generate.add_argument("--prompts", default=None, help="text file with one prompt per line, or a .json list of strings (default: the prompts in sasq.generate)")
+    generate.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens to generate per prompt; fewer when the model emits end-of-sequence (default 32)")
+    generate.add_argument("--output", required=True, help="JSON file with one entry per prompt")
+    generate.set_defaults(func=cmd_generate)
+
+    zeroshot = commands.add_parser("zeroshot", help="zero-shot multiple-choice accuracy through lm-eval (needs the zeroshot extra)")
+    _add_model_options(zeroshot)
+    _add_scheme_options(zeroshot, None)
+    _add_calib_options(zeroshot)
+    zeroshot.add_argument("--scales", default=None, help="scales file from calibrate or train (required for trained methods)")
+    zeroshot.add_argument("--tasks", default="", help="comma-separated lm-eval task names, e.g. arc_easy,piqa (default: none)")
+    zeroshot.add_argument(
+        "--local-task",
+        action="append",
+        default=[],
+        help="JSON-lines multiple-choice file (question, choices, answer per line), scored as task local_<stem>; repeatable",
+    )
+    zeroshot.add_argument("--limit", type=positive_int, default=None, help="score only the first N documents of each task (default: all)")
+    zeroshot.add_argument("--eval-batch-size", type=positive_int, default=1, help="requests per forward pass; memory only (default 1)")
+    zeroshot.add_argument("--online", action="store_true", help="let lm-eval download data sets from the hub (default: cached or local data only)")
+    zeroshot.add_argument("--log-samples", action="store_true", help="store every document's per-choice log-likelihoods in the output")
+    zeroshot.add_argument("--output", required=True, help="result JSON: metrics per task and the reason for each skipped task")
+    zeroshot.set_defaults(func=cmd_zeroshot)
     return parser
 
 
@@ -187,19 +225,35 @@ def _calibration_windows(args, lm, method: Method, scheme: Scheme):
     if not _needs_calibration(method, scheme) or args.calib_windows == 0:
         return None
     _check_seqlen(lm.model, args.calib_seqlen, "--calib-seqlen")
-    corpus = load_corpus(args.calib_corpus, args.calib_split, args.data_dir)
+    corpus = load_corpus(args.calib_corpus, args.calib_split, args.data_dir, args.tinystories_dir)
     ids = tokenize(lm.tokenizer, corpus.text)
     return random_windows(ids, args.calib_seqlen, args.calib_windows, args.seed)
 
 
-def _check_scales_match(scales_file: str, method: Method, scheme: Scheme, initial: bool) -> None:
-    """Reject a scales file made by another method, bit-width or granularity, or an untrained one for a trained method."""
-    if method.activation != "static":
+def _scheme_record(method: Method, scheme: Scheme) -> dict:
+    """Bit-widths and granularity as result rows and scales files record them (none for float methods)."""
+    quantized = method.activation != "none"
+    if method.gains:
+        granularity = scheme.granularity
+    else:
+        granularity = {"none": "none", "dynamic": "per-token"}.get(method.activation, scheme.granularity)
+    return {"wbits": scheme.wbits if quantized else None, "abits": scheme.abits if quantized else None, "granularity": granularity}
+
+
+def _check_scales_match(scales_file: str, method: Method, scheme: Scheme, initial: bool, observer: str | None) -> dict:
+    """Reject a scales file made by another method, bit-width, granularity or observer, or an untrained one for a trained method.
+
+    ``observer`` is the one given on the command line (``None`` accepts the file's). Returns the
+    settings recorded in the file.
+    """
+    if not method.has_scales:
         raise ValueError(f"method {method.name} has no static scales; drop --scales or use a static method")
     if not Path(scales_file).is_file():
         raise FileNotFoundError(f"scales file {scales_file} not found; run `sasq calibrate` or `sasq train` to make one")
     saved = read_scales_metadata(scales_file).get("extra", {})
-    expected = {"method": method.name, "wbits": scheme.wbits, "abits": scheme.abits, "granularity": scheme.granularity}
+    expected = {"method": method.name, **_scheme_record(method, scheme)}
+    if observer is not None:
+        expected["observer"] = observer
     for key, value in expected.items():
         if key in saved and saved[key] != value:
             raise ValueError(
@@ -208,6 +262,7 @@ def _check_scales_match(scales_file: str, method: Method, scheme: Scheme, initia
             )
     if method.trains and not initial and "train_windows" not in saved:
         raise ValueError(f"scales file {scales_file} holds untrained scales but method {method.name} trains them; pass the output of `sasq train`")
+    return saved
 
 
 def _check_same_calibration(scales_file: str, args, scheme: Scheme) -> None:
@@ -240,11 +295,15 @@ def _prepare(args, default_scales: str | None = None):
     """Validate options, load the model, apply the method; return what the commands share."""
     scheme = _scheme(args)
     method = get_method(args.method)
+    if args.observer is not None:
+        method = with_observer(method, args.observer)
     if args.threads:
         torch.set_num_threads(args.threads)
     scales_file = default_scales
     if scales_file:
-        _check_scales_match(scales_file, method, scheme, initial=args.command == "train")
+        saved = _check_scales_match(scales_file, method, scheme, initial=args.command == "train", observer=args.observer)
+        if args.observer is None and method.activation == "static" and saved.get("observer") not in (None, method.observer):
+            method = with_observer(method, saved["observer"])
     uses_windows_with_scales = method.transform is not None or scheme.weight_quantizer == "gptq"
     if scales_file and uses_windows_with_scales:
         _check_same_calibration(scales_file, args, scheme)
@@ -261,9 +320,7 @@ def _settings(args, lm, method: Method, scheme: Scheme) -> dict:
         "model": lm.name,
         "model_ref": lm.ref,
         "method": method.name,
-        "wbits": scheme.wbits if method.activation != "none" else None,
-        "abits": scheme.abits if method.activation != "none" else None,
-        "granularity": {"none": "none", "dynamic": "per-token"}.get(method.activation, scheme.granularity),
+        **_scheme_record(method, scheme),
         "symmetric": scheme.symmetric,
         "weight_quantizer": scheme.weight_quantizer if method.activation != "none" else None,
         "weight_group_size": scheme.weight_group_size,
@@ -290,6 +347,8 @@ def cmd_calibrate(args) -> None:
     lm, method, scheme, quantizers, _ = _prepare(args)
     if not any(q.is_static for q in quantizers.values()):
         raise ValueError(f"method {method.name} has no static scales to calibrate; use a static method such as sasq-init")
+    if method.gains:
+        log.info("method %s starts every gain at 1; the file contains those initial gains for `sasq train --init-scales`", method.name)
     settings = _settings(args, lm, method, scheme)
     save_scales(args.output, quantizers, model_fingerprint(lm.model), extra=settings)
     row = {**settings, "scales": str(args.output), "seconds": time.perf_counter() - began, **environment(args.device)}
@@ -297,7 +356,7 @@ def cmd_calibrate(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from sasq.train import TrainConfig, train_scales
+    from sasq.train import TrainConfig, train_scales, windows_digest
 
     began = time.perf_counter()
     method = get_method(args.method)
@@ -305,7 +364,7 @@ def cmd_train(args) -> None:
         raise ValueError(f"method {method.name} does not train its scales; use sasq or another trained method")
     lm, method, scheme, quantizers, _ = _prepare(args, default_scales=args.init_scales)
     _check_seqlen(lm.model, args.train_seqlen, "--train-seqlen")
-    corpus = load_corpus(args.train_corpus, args.train_split, args.data_dir)
+    corpus = load_corpus(args.train_corpus, args.train_split, args.data_dir, args.tinystories_dir)
     windows = shuffled_windows(tokenize(lm.tokenizer, corpus.text), args.train_seqlen, args.train_windows, args.seed)
     config = TrainConfig(
         lr=args.lr,
@@ -325,6 +384,7 @@ def cmd_train(args) -> None:
         train_split=args.train_split,
         train_source=corpus.source,
         train_windows=int(windows.shape[0]),
+        train_windows_sha256=windows_digest(windows),
         train_seqlen=args.train_seqlen,
         init_scales=args.init_scales,
     )
@@ -348,7 +408,7 @@ def cmd_train(args) -> None:
 
 def _eval_ids(args, lm):
     _check_seqlen(lm.model, args.seqlen, "--seqlen")
-    corpus = load_corpus(args.eval_corpus, args.eval_split, args.data_dir)
+    corpus = load_corpus(args.eval_corpus, args.eval_split, args.data_dir, args.tinystories_dir)
     return corpus, eval_windows(tokenize(lm.tokenizer, corpus.text), args.seqlen, args.eval_windows)
 
 
@@ -356,9 +416,7 @@ def cmd_evaluate(args) -> None:
     from sasq.evaluate import perplexity
 
     began = time.perf_counter()
-    method = get_method(args.method)
-    if method.trains and not args.scales:
-        raise ValueError(f"method {method.name} trains its scales; run `sasq train` first and pass its output as --scales")
+    _require_trained_scales(args)
     lm, method, scheme, quantizers, _ = _prepare(args, default_scales=args.scales)
     corpus, windows = _eval_ids(args, lm)
     result = perplexity(lm.model, windows, batch_size=args.eval_batch_size, desc=f"{method.name} ppl")
@@ -384,12 +442,20 @@ def cmd_evaluate(args) -> None:
     print(f"{method.name}: ppl {result.ppl:.4f} on {result.windows} windows of {args.seqlen} tokens")
 
 
+def _require_trained_scales(args) -> None:
+    method = get_method(args.method)
+    if method.trains and not args.scales:
+        raise ValueError(f"method {method.name} trains its scales; run `sasq train` first and pass its output as --scales")
+
+
 def _merge_scales_settings(settings: dict, scales: str | None) -> None:
     """Copy the calibration and training settings recorded in a scales file into a result row."""
     if not scales:
         return
     saved = read_scales_metadata(scales).get("extra", {})
-    for key in ("train_corpus", "train_split", "train_windows", "train_seqlen", "calib_corpus", "calib_split", "calib_windows", "calib_seqlen"):
+    keys = ("train_corpus", "train_split", "train_source", "train_windows", "train_windows_sha256", "train_seqlen")
+    keys += ("calib_corpus", "calib_split", "calib_windows", "calib_seqlen")
+    for key in keys:
         if key in saved:
             settings[key] = saved[key]
 
@@ -397,6 +463,8 @@ def _merge_scales_settings(settings: dict, scales: str | None) -> None:
 def cmd_diagnose(args) -> None:
     from sasq.diagnostics import quantizer_errors
 
+    if get_method(args.method).gains:
+        raise ValueError(f"method {args.method} has gains, not quantizers, so there is no clipping to diagnose; use a static method")
     lm, method, scheme, quantizers, _ = _prepare(args, default_scales=args.scales)
     _, windows = _eval_ids(args, lm)
     rows = quantizer_errors(lm.model, quantizers, windows)
@@ -405,13 +473,73 @@ def cmd_diagnose(args) -> None:
     write_json(args.output, {**settings, "scales": args.scales, "quantizers": rows})
 
 
+def cmd_generate(args) -> None:
+    from sasq.generate import DEFAULT_PROMPTS, greedy_continuations, read_prompts
+
+    began = time.perf_counter()
+    _require_trained_scales(args)
+    prompts = read_prompts(args.prompts) if args.prompts else list(DEFAULT_PROMPTS)
+    lm, method, scheme, _, _ = _prepare(args, default_scales=args.scales)
+    continuations = greedy_continuations(lm.model, lm.tokenizer, prompts, args.max_new_tokens)
+    settings = _settings(args, lm, method, scheme)
+    _merge_scales_settings(settings, args.scales)
+    row = {
+        **settings,
+        "scales": args.scales,
+        "prompts_file": args.prompts,
+        "max_new_tokens": args.max_new_tokens,
+        "decoding": "greedy",
+        "generations": [asdict(continuation) for continuation in continuations],
+        "seconds": time.perf_counter() - began,
+        **environment(args.device),
+    }
+    write_json(args.output, row)
+    for continuation in continuations:
+        print(f"{method.name}: {continuation.prompt!r} -> {continuation.continuation!r}")
+
+
+def cmd_zeroshot(args) -> None:
+    from sasq.zeroshot import ZeroShotConfig, import_lm_eval, run_zeroshot
+
+    began = time.perf_counter()
+    config = ZeroShotConfig(
+        tasks=tuple(name.strip() for name in args.tasks.split(",") if name.strip()),
+        local_files=tuple(args.local_task),
+        limit=args.limit,
+        batch_size=args.eval_batch_size,
+        offline=not args.online,
+        log_samples=args.log_samples,
+    )
+    import_lm_eval()
+    _require_trained_scales(args)
+    lm, method, scheme, _, _ = _prepare(args, default_scales=args.scales)
+    result = run_zeroshot(lm.model, lm.tokenizer, config)
+    settings = _settings(args, lm, method, scheme)
+    _merge_scales_settings(settings, args.scales)
+    row = {
+        **settings,
+        "scales": args.scales,
+        "num_fewshot": 0,
+        "limit": args.limit,
+        "offline": config.offline,
+        **result,
+        "seconds": time.perf_counter() - began,
+        **environment(args.device),
+    }
+    write_json(args.output, row)
+    for name, metrics in result["tasks"].items():
+        print(f"{method.name}: {name} acc {metrics.get('acc', float('nan')):.4f} on {metrics['documents']} documents")
+    for name, reason in result["skipped"].items():
+        print(f"{method.name}: {name} skipped ({reason})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"sasq {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,7 +6,10 @@ Corpora are named ``NAME`` (with a split) or ``text:PATH`` for any UTF-8 file:
   files (``wiki.test.raw``, ``wiki.valid.raw``, ``wiki.train.raw``) in the folder given as
   ``data_dir`` or ``$SASQ_WIKITEXT_DIR``, else from the ``datasets`` hub copy. Both give exactly
   the rows of ``load_dataset("wikitext", "wikitext-2-raw-v1")``, joined with ``"\\n\\n"``.
-* ``tinystories``: the TinyStories text in ``$SASQ_TINYSTORIES_DIR`` (``tinystories_train_head.txt``).
+* ``tinystories``: the TinyStories text ``tinystories_train_head.txt`` in the folder given as
+  ``tinystories_dir`` or ``$SASQ_TINYSTORIES_DIR``. Splits ``validation`` and ``train`` are the
+  text before the first blank line after 80 % of the characters, ``test`` the text after that
+  blank line, so scales trained on TinyStories are never scored on the stories they saw.
 * ``pydoc``: the Python documentation topics that every CPython install carries
   (``pydoc_data.topics.topics``, values joined with ``"\n\n"`` in sorted key order), a real
   English corpus for machines that reach neither local WikiText-2 files nor the hub. Splits
@@ -36,6 +39,7 @@ WIKITEXT_FILES = {"test": "wiki.test.raw", "validation": "wiki.valid.raw", "trai
 SPLIT_ALIASES = {"valid": "validation", "val": "validation"}
 TINYSTORIES_FILE = "tinystories_train_head.txt"
 PYDOC_TRAIN_FRACTION = 0.9
+TINYSTORIES_TRAIN_FRACTION = 0.8
 
 
 @dataclass(frozen=True)
@@ -105,16 +109,34 @@ def load_pydoc_topics(split: str) -> Corpus:
     return Corpus("pydoc", split, part, f"pydoc_data.topics (Python {platform.python_version()})")
 
 
-def load_corpus(name: str, split: str = "test", data_dir: str | None = None) -> Corpus:
-    """Load a corpus by name (see the module docstring)."""
+def load_tinystories(split: str, tinystories_dir: str | None = None) -> Corpus:
+    """Load the TinyStories text, split at a blank line: the first 80 % for validation/train, the rest for test."""
+    split = SPLIT_ALIASES.get(split, split)
+    if split not in ("validation", "train", "test"):
+        raise ValueError(f"TinyStories split {split!r} is unknown; use validation, train or test")
+    chosen = tinystories_dir or os.environ.get("SASQ_TINYSTORIES_DIR")
+    if not chosen:
+        raise FileNotFoundError(f"no TinyStories folder given; pass --tinystories-dir or set SASQ_TINYSTORIES_DIR to the folder holding {TINYSTORIES_FILE}")
+    path = Path(chosen).expanduser() / TINYSTORIES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"TinyStories text {path} not found; pass --tinystories-dir or set SASQ_TINYSTORIES_DIR to the folder holding {TINYSTORIES_FILE}")
+    text = path.read_text(encoding="utf-8")
+    cut = text.find("\n\n", int(len(text) * TINYSTORIES_TRAIN_FRACTION))
+    if cut < 0:
+        raise ValueError(f"TinyStories text {path} has no blank line after its first 80 %; it cannot be split into train and test")
+    if split == "test":
+        start, end = cut + 2, len(text)
+    else:
+        start, end = 0, cut
+    return Corpus("tinystories", split, text[start:end], f"{path} (characters {start}-{end})")
+
+
+def load_corpus(name: str, split: str = "test", data_dir: str | None = None, tinystories_dir: str | None = None) -> Corpus:
+    """Load a corpus by name (see the module docstring); ``data_dir`` is the WikiText-2 folder."""
     if name == "wikitext2":
         corpus = load_wikitext2(split, data_dir)
     elif name == "tinystories":
-        folder = Path(data_dir or os.environ.get("SASQ_TINYSTORIES_DIR", "")).expanduser()
-        path = folder / TINYSTORIES_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"TinyStories text {path} not found; set SASQ_TINYSTORIES_DIR to its folder")
-        corpus = Corpus("tinystories", split, path.read_text(encoding="utf-8"), str(path))
+        corpus = load_tinystories(split, tinystories_dir)
     elif name == "pydoc":
         corpus = load_pydoc_topics(split)
     elif name.startswith("text:"):

@@ -15,14 +15,14 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
 from sasq.calibrate import calibrate
+from sasq.gain import TrainableScale, attach_gains
 from sasq.patch import patch_model
-from sasq.quantizer import ActivationQuantizer
-from sasq.spec import Granularity, QuantConfig, QuantSpec
+from sasq.spec import OBSERVER_NAMES, Granularity, QuantConfig, QuantSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ class Method:
         trains: the static scales are trained after calibration (SASQ).
         transform: function ``(model, calibration_windows)`` changing the float model in place
             before quantization, or ``None``.
+        gains: keep weights and activations in float and put one trainable gain (1 at the
+            start) at each place where SASQ has an input quantizer (:mod:`sasq.gain`); needs
+            ``activation="none"``.
     """
 
     name: str
@@ -53,16 +56,26 @@ class Method:
     observer: str | None = None
     trains: bool = False
     transform: Transform | None = None
+    gains: bool = False
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATION_MODES:
             raise ValueError(f"activation {self.activation!r} is unknown; use one of {', '.join(ACTIVATION_MODES)}")
         if self.activation == "static" and self.observer is None:
             raise ValueError(f"static method {self.name} needs an observer")
+        if self.gains and self.activation != "none":
+            raise ValueError(f"method {self.name} has gains and activation {self.activation!r}; gains apply to float models, use activation='none'")
+        if self.observer is not None and self.activation != "static":
+            raise ValueError(f"method {self.name} has observer {self.observer!r} but activation {self.activation!r}; only static methods use an observer")
 
     @property
     def needs_calibration(self) -> bool:
         return self.activation == "static" or self.transform is not None
+
+    @property
+    def has_scales(self) -> bool:
+        """True when the method has per-place values (static scales or gains) that scales files store."""
+        return self.activation == "static" or self.gains
 
 
 METHODS: dict[str, Method] = {}
@@ -132,6 +145,15 @@ class Scheme:
             raise ValueError(f"granularity {self.granularity!r} is invalid for static scales; use per-tensor or per-channel")
 
 
+def with_observer(method: Method, observer: str) -> Method:
+    """Return ``method`` with another calibration observer for its static scales (the init ablation)."""
+    if method.activation != "static":
+        raise ValueError(f"method {method.name} has no static scales, so an observer does not apply; drop --observer or use a static method")
+    if observer not in OBSERVER_NAMES:
+        raise ValueError(f"observer {observer!r} is unknown; use one of {', '.join(OBSERVER_NAMES)}")
+    return replace(method, observer=observer)
+
+
 def quant_config(method: Method, scheme: Scheme) -> QuantConfig | None:
     """The :class:`QuantConfig` a method uses under a scheme, or ``None`` for float methods."""
     if method.activation == "none":
@@ -162,8 +184,8 @@ def build_quantized_model(
     calib_windows: Tensor | None,
     calibrate_scales: bool = True,
     batch_size: int = 1,
-) -> dict[str, ActivationQuantizer]:
-    """Apply ``method`` to ``model`` in place: transform, patch, calibrate.
+) -> dict[str, TrainableScale]:
+    """Apply ``method`` to ``model`` in place: transform, then patch and calibrate, or attach gains.
 
     Args:
         model: a float LLaMA-family causal LM.
@@ -175,7 +197,7 @@ def build_quantized_model(
         batch_size: windows per calibration forward pass.
 
     Returns:
-        The input quantizers by name (empty for float methods).
+        The input quantizers by name, the gains of a gain method, or an empty dict for float methods.
     """
     gptq = method.activation != "none" and scheme.weight_quantizer == "gptq"
     needs = method.transform is not None or (method.activation == "static" and calibrate_scales) or gptq
@@ -183,6 +205,10 @@ def build_quantized_model(
         raise ValueError(f"method {method.name} needs calibration windows; pass --calib-windows above 0")
     if method.transform is not None:
         method.transform(model, calib_windows)
+    if method.gains:
+        if scheme.lsq_grad_scale:
+            raise ValueError(f"method {method.name} has float gains and no integer grid, so the LSQ gradient scale does not apply; drop --lsq-grad-scale")
+        return attach_gains(model, scheme.granularity, scheme.scale_parametrization, scheme.quantize_lm_head)
     config = quant_config(method, scheme)
     if config is None:
         return {}

@@ -166,6 +166,10 @@ class ActivationQuantizer(nn.Module):
         """True when the scale is held (and trainable) rather than computed per call."""
         return not self.spec.dynamic
 
+    def describe(self) -> str:
+        """Short form of the activation spec, stored in scales files (e.g. ``int8 sym per-tensor static``)."""
+        return self.spec.describe()
+
     @property
     def folds_into_weight(self) -> bool:
         """True for static per-channel scales, which the linear folds into its weight columns."""

@@ -1,8 +1,10 @@
 """Saving and loading static activation scales as safetensors.
 
-Keys are ``<quantizer name>.scale`` and ``<quantizer name>.zero_point``; the metadata holds the
-model's fingerprint (:func:`sasq.models.model_fingerprint`) and the activation spec, so a file
-made for another model or scheme is refused with a message saying what differs.
+Keys are ``<quantizer name>.scale`` and ``<quantizer name>.zero_point`` (no zero point for the
+float gains of :mod:`sasq.gain`); the metadata contains the model's fingerprint
+(:func:`sasq.models.model_fingerprint`) and each module's ``describe()`` (the activation spec, or
+the gain's kind), so a file made for another model or scheme is refused with a message saying
+what differs.
 """
 
 from __future__ import annotations
@@ -14,19 +16,21 @@ import torch
 from safetensors.torch import load_file, save_file
 from safetensors import SafetensorError, safe_open
 
-from sasq.quantizer import ActivationQuantizer
+from sasq.gain import TrainableScale
 
 
-def save_scales(path: str | Path, quantizers: dict[str, ActivationQuantizer], fingerprint: dict, extra: dict | None = None) -> None:
-    """Write every static quantizer's scale and zero point to ``path`` (atomically)."""
+def save_scales(path: str | Path, quantizers: dict[str, TrainableScale], fingerprint: dict, extra: dict | None = None) -> None:
+    """Write every static quantizer's scale and zero point (or every gain) to ``path`` (atomically)."""
     tensors = {}
     specs = {}
     for name, quantizer in quantizers.items():
         if not quantizer.is_static:
             continue
         tensors[f"{name}.scale"] = quantizer.scale().detach().float().cpu().contiguous()
-        tensors[f"{name}.zero_point"] = quantizer.zero_point.detach().float().cpu().contiguous()
-        specs[name] = quantizer.spec.describe()
+        zero_point = getattr(quantizer, "zero_point", None)
+        if zero_point is not None:
+            tensors[f"{name}.zero_point"] = zero_point.detach().float().cpu().contiguous()
+        specs[name] = quantizer.describe()
     if not tensors:
         raise ValueError("the model has no static quantizers; there are no scales to save")
     metadata = {"fingerprint": json.dumps(fingerprint, sort_keys=True), "specs": json.dumps(specs), "extra": json.dumps(extra or {})}
@@ -49,8 +53,8 @@ def read_scales_metadata(path: str | Path) -> dict:
         raise ValueError(f"scales file {path} is not a valid scales file ({err}); pass a file written by `sasq calibrate` or `sasq train`") from err
 
 
-def load_scales(path: str | Path, quantizers: dict[str, ActivationQuantizer], fingerprint: dict) -> None:
-    """Set the static quantizers' scales from ``path``, checking it fits this model and scheme."""
+def load_scales(path: str | Path, quantizers: dict[str, TrainableScale], fingerprint: dict) -> None:
+    """Set the static quantizers' scales (or the gains) from ``path``, checking it fits this model and scheme."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"scales file {path} not found; run `sasq calibrate` or `sasq train` to make one")
@@ -65,9 +69,9 @@ def load_scales(path: str | Path, quantizers: dict[str, ActivationQuantizer], fi
     for name, quantizer in static.items():
         if f"{name}.scale" not in tensors:
             raise ValueError(f"scales file {path} has no scale for quantizer {name}; it was made with another quantizer layout")
-        if specs.get(name) != quantizer.spec.describe():
-            raise ValueError(f"scales file {path} holds {specs.get(name)} scales for {name}, but the model uses {quantizer.spec.describe()}; match --abits/--granularity")
-        quantizer.set_scale(tensors[f"{name}.scale"], tensors[f"{name}.zero_point"])
+        if specs.get(name) != quantizer.describe():
+            raise ValueError(f"scales file {path} holds {specs.get(name)} scales for {name}, but the model uses {quantizer.describe()}; match --abits/--granularity")
+        quantizer.set_scale(tensors[f"{name}.scale"], tensors.get(f"{name}.zero_point"))
     unused = {key.rsplit(".", 1)[0] for key in tensors} - set(static)
     if unused:
         raise ValueError(f"scales file {path} has scales for quantizers this model lacks ({sorted(unused)[:3]}...); check --method and the model")

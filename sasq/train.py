@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from sasq.quantizer import ActivationQuantizer
+from sasq.gain import TrainableScale
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ def frozen_digest(model: nn.Module, trainable: set[int]) -> str:
     return digest.hexdigest()
 
 
-def _windows_digest(windows: Tensor) -> str:
+def windows_digest(windows: Tensor) -> str:
+    """Hash the training windows' token ids in order (SHA-256 hex), so result rows show which runs saw the same data."""
     return hashlib.sha256(windows.cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
@@ -102,12 +103,12 @@ def _batch_indices(step: int, count: int, config: TrainConfig) -> Tensor:
 
 def train_scales(
     model: nn.Module,
-    quantizers: dict[str, ActivationQuantizer],
+    quantizers: dict[str, TrainableScale],
     windows: Tensor,
     config: TrainConfig,
     checkpoint_path: str | Path | None = None,
 ) -> TrainResult:
-    """Train the static scales of ``quantizers`` on ``windows`` (``[n, seqlen]`` token ids).
+    """Train the static scales of ``quantizers`` (or the gains of a gain method) on ``windows`` (``[n, seqlen]`` token ids).
 
     Raises:
         ValueError: there is no static scale to train, or a checkpoint was made with other settings.
@@ -134,7 +135,7 @@ def train_scales(
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     result = TrainResult()
-    identity = {"config": asdict(config), "windows": _windows_digest(windows), "quantizers": sorted(static)}
+    identity = {"config": asdict(config), "windows": windows_digest(windows), "quantizers": sorted(static)}
     checkpoint = Path(checkpoint_path) if checkpoint_path else None
     start = _resume(checkpoint, identity, static, optimizer, result) if checkpoint else 0
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the stories260K model and WikiText-2 files, small seeded LLaMA models, an exact float64 RMSNorm."""
+"""Shared fixtures: the stories260K model, WikiText-2 and TinyStories files, small seeded LLaMA models, an exact float64 RMSNorm."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sasq.models import load_model
 
 STORIES_DIR = Path("/work/shared/assets/stories260K-hf")
 WIKITEXT_DIR = Path("/work/shared/assets/wikitext-2-raw")
+TINYSTORIES_DIR = Path("/work/shared/assets/tinystories")
 
 torch.set_num_threads(1)
 
@@ -37,6 +38,14 @@ def wikitext_dir() -> Path:
     if not (WIKITEXT_DIR / "wiki.test.raw").is_file():
         pytest.skip(f"WikiText-2 raw files not found in {WIKITEXT_DIR}")
     return WIKITEXT_DIR
+
+
+@pytest.fixture
+def tinystories_dir() -> Path:
+    """Folder with the TinyStories text ``tinystories_train_head.txt``."""
+    if not (TINYSTORIES_DIR / "tinystories_train_head.txt").is_file():
+        pytest.skip(f"TinyStories text not found in {TINYSTORIES_DIR}")
+    return TINYSTORIES_DIR
 
 
 def tiny_llama(seed: int = 0, heads: int = 4, kv_heads: int = 2, tied: bool = True) -> LlamaForCausalLM:

@@ -63,3 +63,33 @@ def test_pydoc_corpus_splits():
 def test_pydoc_unknown_split():
     with pytest.raises(ValueError, match="pydoc split 'dev' is unknown"):
         load_corpus("pydoc", "dev")
+
+
+def test_tinystories_splits_are_disjoint(tinystories_dir):
+    whole = (tinystories_dir / "tinystories_train_head.txt").read_text(encoding="utf-8")
+    validation = load_corpus("tinystories", "validation", tinystories_dir=str(tinystories_dir))
+    test = load_corpus("tinystories", "test", tinystories_dir=str(tinystories_dir))
+    assert validation.text + "\n\n" + test.text == whole
+    assert int(len(whole) * 0.8) <= len(validation.text) < int(len(whole) * 0.8) + 2000
+    assert test.text not in validation.text
+    assert load_corpus("tinystories", "train", tinystories_dir=str(tinystories_dir)).text == validation.text
+    assert validation.source.endswith(f"tinystories_train_head.txt (characters 0-{len(validation.text)})")
+    assert test.source.endswith(f"(characters {len(validation.text) + 2}-{len(whole)})")
+
+
+def test_tinystories_folder_from_environment(tinystories_dir, monkeypatch):
+    monkeypatch.setenv("SASQ_TINYSTORIES_DIR", str(tinystories_dir))
+    assert load_corpus("tinystories", "test").name == "tinystories"
+
+
+def test_tinystories_missing_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("SASQ_TINYSTORIES_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match="pass --tinystories-dir or set SASQ_TINYSTORIES_DIR"):
+        load_corpus("tinystories", "test")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        load_corpus("tinystories", "test", tinystories_dir=str(tmp_path))
+
+
+def test_tinystories_unknown_split(tinystories_dir):
+    with pytest.raises(ValueError, match="TinyStories split 'dev' is unknown"):
+        load_corpus("tinystories", "dev", tinystories_dir=str(tinystories_dir))

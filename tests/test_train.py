@@ -103,3 +103,26 @@ def test_dynamic_method_has_nothing_to_train():
     quantizers = build_quantized_model(model, get_method("dynamic"), Scheme(), None)
     with pytest.raises(ValueError, match="no static activation scales"):
         train_scales(model, quantizers, torch.zeros(1, 8, dtype=torch.long), TrainConfig())
+
+
+def test_seed_sets_window_order():
+    orders = {}
+    for run, seed in (("a", 0), ("b", 0), ("c", 1)):
+        model, quantizers, ids = prepared()
+        batches = []
+        original = model.forward
+
+        def recording_forward(input_ids, *args, _original=original, _batches=batches, **kwargs):
+            _batches.append(input_ids.clone())
+            return _original(input_ids, *args, **kwargs)
+
+        model.forward = recording_forward
+        train_scales(model, quantizers, ids, TrainConfig(lr=1e-2, batch_size=2, epochs=2, seed=seed))
+        orders[run] = torch.stack(batches)
+    assert torch.equal(orders["a"], orders["b"])
+    assert not torch.equal(orders["a"], orders["c"])
+    for order in orders.values():
+        first_epoch, second_epoch = order[:4].reshape(8, -1), order[4:].reshape(8, -1)
+        assert sorted(map(tuple, first_epoch.tolist())) == sorted(map(tuple, ids.tolist()))
+        assert sorted(map(tuple, second_epoch.tolist())) == sorted(map(tuple, ids.tolist()))
+        assert not torch.equal(first_epoch, second_epoch)
