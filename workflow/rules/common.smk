@@ -40,8 +40,11 @@ def _registered_methods():
 
 REGISTRY = _registered_methods()
 
+CONTROL_METHOD = "fp-gain"
+
 if config["methods"] == "all":
-    METHODS = sorted(REGISTRY, key=lambda name: (REGISTRY[name].activation != "none", name))
+    # The fp-gain control is not a quantization method: it runs in the claims section only.
+    METHODS = sorted((name for name in REGISTRY if name != CONTROL_METHOD), key=lambda name: (REGISTRY[name].activation != "none", name))
 else:
     METHODS = list(config["methods"])
     unknown = [name for name in METHODS if name not in REGISTRY]
@@ -176,10 +179,153 @@ def final_targets():
     targets += [f"{FIGURES}/{name}.png" for name in FIGURE_NAMES]
     if config["latency"]:
         targets += [f"{RESULTS}/latency.csv", f"{FIGURES}/latency.png"]
+    if CLAIMS_ON:
+        targets.append(f"{RESULTS}/claims.md")
     return targets
+
+
+
+# Claims section: controls, a second corpus, seeds, ablations, generation and zero-shot runs.
+# Each claims run is SASQ, its init or the fp-gain control with a few settings replaced; a
+# variant name maps to those replacements and appears in file names and tables.
+
+CLAIMS = config["claims_options"]
+CLAIMS_ON = config["claims"]
+CLAIM_TAG = bits_tag(CLAIMS["wbits"], CLAIMS["abits"])
+
+
+def _tinystories_dir():
+    if config["tinystories_dir"]:
+        return _repo_path(config["tinystories_dir"])
+    if os.environ.get("SASQ_TINYSTORIES_DIR"):
+        return os.environ["SASQ_TINYSTORIES_DIR"]
+    if config["assets_dir"]:
+        candidate = Path(_repo_path(config["assets_dir"])) / "tinystories"
+        if (candidate / "tinystories_train_head.txt").is_file():
+            return str(candidate)
+    return None
+
+
+TINYSTORIES_DIR = _tinystories_dir()
+ZEROSHOT_AVAILABLE = importlib.util.find_spec("lm_eval") is not None
+if CLAIMS["cross_corpus"] == "auto":
+    CROSS_CORPUS = "tinystories" if TINYSTORIES_DIR else "pydoc"
+else:
+    CROSS_CORPUS = CLAIMS["cross_corpus"]
+if CROSS_CORPUS == "tinystories" and not TINYSTORIES_DIR:
+    raise _config_error("claims_options.cross_corpus", "tinystories, but no TinyStories folder is known; set tinystories_dir or $SASQ_TINYSTORIES_DIR, or use auto")
+if CLAIMS_ON and CONTROL_METHOD not in REGISTRY:
+    raise _config_error("claims", f"true, but the method {CONTROL_METHOD} is not registered; set claims: false")
+
+
+def _claim_variants():
+    """Variant name to (method, overrides); the overrides replace the base run's settings."""
+    variants = {}
+    for seed in CLAIMS["seeds"]:
+        variants[f"seed{seed}"] = {"seed": seed}
+    for observer in CLAIMS["observers"]:
+        variants[f"init-{observer}"] = {"observer": observer}
+    if CLAIMS["granularity_ablation"]:
+        other = "per-channel" if config["granularity"] == "per-tensor" else "per-tensor"
+        variants[other] = {"granularity": other}
+    for windows in CLAIMS["train_windows"]:
+        variants[f"windows{windows}"] = {"train_windows": windows}
+    for lr in CLAIMS["lrs"]:
+        variants[f"lr{lr:g}"] = {"lr": lr}
+    variants[f"trained-on-{CROSS_CORPUS.replace(':', '_').replace('/', '_')}"] = {"train_corpus": CROSS_CORPUS}
+    return variants
+
+
+CLAIM_VARIANTS = _claim_variants()
+
+
+def claim_runs():
+    """(method, variant) pairs of the claims section: which trained or calibrated scales to make."""
+    runs = [(method, f"seed{seed}") for method in ("sasq", CONTROL_METHOD) for seed in CLAIMS["seeds"]]
+    runs += [(method, f"init-{observer}") for method in ("sasq-init", "sasq") for observer in CLAIMS["observers"]]
+    if CLAIMS["granularity_ablation"]:
+        other = "per-channel" if config["granularity"] == "per-tensor" else "per-tensor"
+        runs += [("sasq-init", other), ("sasq", other)]
+    runs += [("sasq", f"windows{windows}") for windows in CLAIMS["train_windows"]]
+    runs += [("sasq", f"lr{lr:g}") for lr in CLAIMS["lrs"]]
+    cross_train = next(name for name in CLAIM_VARIANTS if name.startswith("trained-on-"))
+    runs += [("sasq", cross_train), (CONTROL_METHOD, cross_train)]
+    return runs
+
+
+def claim_tag(method):
+    return FLOAT_TAG if REGISTRY[method].activation == "none" else CLAIM_TAG
+
+
+def claim_overrides(wildcards):
+    return CLAIM_VARIANTS[wildcards.variant]
+
+
+def claim_scheme_args(wildcards):
+    """`sasq` options of a claims run: the base run's, with the variant's seed, granularity or observer."""
+    overrides = claim_overrides(wildcards)
+    args = [f"--method {wildcards.method}", f"--model {MODELS[wildcards.model]['ref']}", f"--seed {overrides.get('seed', config['seed'])}"]
+    args += [f"--device {config['device']}", f"--dtype {config['dtype']}", f"--granularity {overrides.get('granularity', config['granularity'])}"]
+    if "observer" in overrides:
+        args.append(f"--observer {overrides['observer']}")
+    if wildcards.bits != FLOAT_TAG:
+        wbits, abits = wildcards.bits[1:].split("a")
+        args.append(f"--wbits {wbits} --abits {abits}")
+    if DATA_DIR:
+        args.append(f"--data-dir {DATA_DIR}")
+    if TINYSTORIES_DIR:
+        args.append(f"--tinystories-dir {TINYSTORIES_DIR}")
+    calib = settings(wildcards.model, "calib")
+    args.append(f"--calib-split {calib['split']} --calib-seqlen {calib['seqlen']} --calib-windows {calib['windows']}")
+    return " ".join(args)
+
+
+def claim_train_args(wildcards):
+    overrides = claim_overrides(wildcards)
+    train = dict(settings(wildcards.model, "train"))
+    train["lr"] = overrides.get("lr", train["lr"])
+    train["windows"] = overrides.get("train_windows", train["windows"])
+    args = f"--train-split {train['split']} --train-seqlen {train['seqlen']} --lr {train['lr']} --epochs {train['epochs']}"
+    args += f" --checkpoint-every {train['checkpoint_every']}"
+    if train["windows"] is not None:
+        args += f" --train-windows {train['windows']}"
+    if train["max_steps"] is not None and "train_windows" not in overrides:
+        args += f" --max-steps {train['max_steps']}"
+    return args
+
+
+def claim_train_corpus(wildcards):
+    """Shell expression of the corpus a claims run calibrates and trains on."""
+    return claim_overrides(wildcards).get("train_corpus", "$base")
+
+
+def claim_scales(wildcards):
+    """Scales file of a claims run: trained for trained methods, calibrated for sasq-init, none for fp."""
+    kind = "train" if REGISTRY[wildcards.method].trains else "calibrate"
+    return f"{RUNS}/{wildcards.model}/claims/{kind}/{wildcards.method}-{wildcards.bits}-{wildcards.variant}.safetensors"
+
+
+def claims_jsons():
+    """Every JSON the claims section reads."""
+    if not CLAIMS_ON:
+        return []
+    paths = []
+    for model in MODELS:
+        # Every claims run is scored on the main corpus, and the seed runs also on the second one.
+        for method, variant in claim_runs():
+            scored = ("base", "cross") if variant.startswith("seed") else ("base",)
+            paths += [f"{RUNS}/{model}/claims/evaluate/{method}-{claim_tag(method)}-{variant}-{name}.json" for name in scored]
+        paths += [f"{RUNS}/{model}/cross/{method}-{claim_tag(method)}.json" for method in METHODS]
+        if CLAIMS["generation_tokens"]:
+            paths += [f"{RUNS}/{model}/generate/{method}-{claim_tag(method)}.json" for method in METHODS]
+        if CLAIMS["zeroshot_tasks"] and ZEROSHOT_AVAILABLE:
+            paths += [f"{RUNS}/{model}/zeroshot/{method}-{claim_tag(method)}.json" for method in METHODS]
+    return paths
 
 
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9._-]*",
     method="|".join(re.escape(name) for name in sorted(REGISTRY)),
     bits=f"{FLOAT_TAG}|w[2-8]a[2-8]",
+    variant="|".join(re.escape(name) for name in CLAIM_VARIANTS) or "[^/]+",
+    scored="base|cross",

@@ -24,6 +24,7 @@ rule report:
         published=str(REPO_ROOT / "workflow" / "resources" / "published_ppl.yaml"),
         figures=[f"{FIGURES}/{name}.png" for name in FIGURE_NAMES],
         latency=[f"{RESULTS}/latency.csv"] if config["latency"] else [],
+        claims=[f"{RESULTS}/claims.md"] if CLAIMS_ON else [],
     output:
         f"{RESULTS}/report.md",
     params:

@@ -156,6 +156,8 @@ lines += [
     "- `figures/activation_absmax.png`: per-quantizer activation abs-max and clipping range before and after training",
     "",
 ]
+if snakemake.input.claims:
+    lines += Path(snakemake.input.claims[0]).read_text().splitlines() + [""]
 if snakemake.input.latency:
     lines += latency_section(pd.read_csv(snakemake.input.latency[0]))
 if snakemake.input.train:
