@@ -108,6 +108,57 @@ def test_test_config_end_to_end(tmp_path):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
+CLAIMS_OPTIONS = """
+claims: true
+claims_options:
+  seeds: [0, 1]
+  observers: [minmax]
+  train_windows: [2]
+  lrs: []
+  granularity_ablation: false
+  generation_tokens: 4
+  zeroshot_tasks: []
+"""
+
+
+def test_claims_section_end_to_end(tmp_path):
+    """The .test config at W8A8 with a small claims section: every claim row, the control and the second corpus."""
+    if not (ASSETS / "tinystories" / "tinystories_train_head.txt").is_file():
+        pytest.skip(f"TinyStories text not found under {ASSETS}/tinystories (set SASQ_ASSETS)")
+    config = tmp_path / "claims.yaml"
+    text = TEST_CONFIG.read_text().replace("  - {wbits: 4, abits: 8}\n", "")
+    config.write_text(text + CLAIMS_OPTIONS)
+    out = tmp_path / "out"
+    result = snakemake("--cores", "2", "--directory", str(tmp_path), "--configfile", str(config), "--config", f"output_dir={out}", *assets_config())
+    assert result.returncode == 0, result.stderr[-5000:]
+
+    claims = (out / "results" / "claims.md").read_text()
+    report = (out / "results" / "report.md").read_text()
+    assert "## Claims" in report
+    assert "### stories260k" in claims
+    verdicts = ("holds", "does not hold", "inconclusive", "partly", "not measured")
+    for claim in ("C1:", "C2:", "C3:", "C4:"):
+        row = next(line for line in claims.splitlines() if line.startswith(f"| {claim}"))
+        assert any(verdict in row.rsplit("|", 2)[-2] for verdict in verdicts), row
+    assert "not measured (the workflow ran with latency: false)" in claims
+    assert "| sasq | W8A8 |" in claims
+    assert "Prompt: `Once upon a time`" in claims
+
+    runs = out / "results" / "runs" / "stories260k"
+    for seed in (0, 1):
+        control = json.loads((runs / "claims" / "evaluate" / f"fp-gain-float-seed{seed}-cross.json").read_text())
+        assert control["seed"] == seed
+        assert control["eval_corpus"] == "tinystories"
+        assert control["train_corpus"] == "wikitext2"
+    moved = json.loads((runs / "claims" / "evaluate" / "sasq-w8a8-trained-on-tinystories-base.json").read_text())
+    assert moved["train_corpus"] == "tinystories"
+    assert moved["calib_corpus"] == "tinystories"
+    assert moved["eval_corpus"] == "wikitext2"
+    untrained = json.loads((runs / "claims" / "evaluate" / "sasq-init-w8a8-init-minmax-base.json").read_text())
+    baseline = json.loads((runs / "evaluate" / "static-minmax-w8a8.json").read_text())
+    assert untrained["ppl"] == pytest.approx(baseline["ppl"], rel=1e-9)
+
+
 @pytest.mark.parametrize(
     ("replace", "by", "key"),
     [
