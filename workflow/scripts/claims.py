@@ -173,20 +173,24 @@ for model in snakemake.params.models:
             "",
         ]
 
-    lines += ["#### Ablations (SASQ, main corpus)", "", "| ablation | setting | untrained init | trained |", "| --- | --- | ---: | ---: |"]
+    ablations = []
     for path in sorted((RUNS / model / "claims" / "evaluate").glob(f"sasq-{TAG}-init-*-base.json")):
         observer = path.stem[len(f"sasq-{TAG}-init-"):-len("-base")]
-        lines.append(f"| init statistic | {observer} | {fmt(claim_ppl(model, 'sasq-init', f'init-{observer}'))} | {fmt(claim_ppl(model, 'sasq', f'init-{observer}'))} |")
+        ablations.append(f"| init statistic | {observer} | {fmt(claim_ppl(model, 'sasq-init', f'init-{observer}'))} | {fmt(claim_ppl(model, 'sasq', f'init-{observer}'))} |")
     for granularity in ("per-channel", "per-tensor"):
         if claim_ppl(model, "sasq", granularity) is not None:
-            lines.append(f"| granularity | {granularity} | {fmt(claim_ppl(model, 'sasq-init', granularity))} | {fmt(claim_ppl(model, 'sasq', granularity))} |")
+            ablations.append(f"| granularity | {granularity} | {fmt(claim_ppl(model, 'sasq-init', granularity))} | {fmt(claim_ppl(model, 'sasq', granularity))} |")
     for path in sorted((RUNS / model / "claims" / "evaluate").glob(f"sasq-{TAG}-windows*-base.json"), key=lambda p: int(p.stem.split("windows")[1].split("-")[0])):
         windows = path.stem.split("windows")[1].split("-")[0]
-        lines.append(f"| training windows | {windows} | – | {fmt(claim_ppl(model, 'sasq', f'windows{windows}'))} |")
+        ablations.append(f"| training windows | {windows} | – | {fmt(claim_ppl(model, 'sasq', f'windows{windows}'))} |")
     for path in sorted((RUNS / model / "claims" / "evaluate").glob(f"sasq-{TAG}-lr*-base.json")):
         lr = path.stem[len(f"sasq-{TAG}-lr"):-len("-base")]
-        lines.append(f"| learning rate | {lr} | – | {fmt(claim_ppl(model, 'sasq', f'lr{lr}'))} |")
-    lines.append("")
+        ablations.append(f"| learning rate | {lr} | – | {fmt(claim_ppl(model, 'sasq', f'lr{lr}'))} |")
+    lines += ["#### Ablations (SASQ, main corpus)", ""]
+    if ablations:
+        lines += ["| ablation | setting | untrained init | trained |", "| --- | --- | ---: | ---: |", *ablations, ""]
+    else:
+        lines += ["No ablation ran: claims_options lists no observers, training-window counts or learning rates, and granularity_ablation is false.", ""]
 
     generations = sorted((RUNS / model / "generate").glob("*.json"))
     if generations:
