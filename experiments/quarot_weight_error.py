@@ -1,7 +1,7 @@
 """Measure RTN weight-quantization error of SmolLM2-135M before and after QuaRot's rotation.
 
 The script prints, for every projection type, the relative output error
-``||X (Q(W) - W)^T|| / ||X W^T||`` averaged over the layers. ``X`` holds the real inputs of one
+``||X (Q(W) - W)^T|| / ||X W^T||`` averaged over the layers. ``X`` contains the real inputs of one
 WikiText-2 test window and ``Q`` is the suite's symmetric per-output-channel RTN. Three stages of
 QuaRot's transform are measured: the original model, the model with its RMSNorm weights fused
 into the next linears, and that model rotated.

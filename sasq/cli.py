@@ -124,6 +124,16 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eval-batch-size", type=positive_int, default=1, help="windows per forward pass; memory only (default 1)")
 
 
+def _add_inference_command(commands, name: str, summary: str) -> argparse.ArgumentParser:
+    """Add a subcommand that runs a quantized model with given scales: model, scheme, calibration and ``--scales`` options."""
+    parser = commands.add_parser(name, help=summary)
+    _add_model_options(parser)
+    _add_scheme_options(parser, None)
+    _add_calib_options(parser)
+    parser.add_argument("--scales", default=None, help="scales file from calibrate or train (required for trained methods)")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sasq", description="SASQ static activation scaling: calibrate, train, evaluate.")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -165,21 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--output", required=True, help="JSON file with one entry per quantizer")
     diagnose.set_defaults(func=cmd_diagnose)
 
-    generate = commands.add_parser("generate", help="greedy continuations of fixed prompts, writing them to JSON")
-    _add_model_options(generate)
-    _add_scheme_options(generate, None)
-    _add_calib_options(generate)
-    generate.add_argument("--scales", default=None, help="scales file from calibrate or train (required for trained methods)")
+    generate = _add_inference_command(commands, "generate", "greedy continuations of fixed prompts, writing them to JSON")
     generate.add_argument("--prompts", default=None, help="text file with one prompt per line, or a .json list of strings (default: the prompts in sasq.generate)")
     generate.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens to generate per prompt; fewer when the model emits end-of-sequence (default 32)")
     generate.add_argument("--output", required=True, help="JSON file with one entry per prompt")
     generate.set_defaults(func=cmd_generate)
 
-    zeroshot = commands.add_parser("zeroshot", help="zero-shot multiple-choice accuracy through lm-eval (needs the zeroshot extra)")
-    _add_model_options(zeroshot)
-    _add_scheme_options(zeroshot, None)
-    _add_calib_options(zeroshot)
-    zeroshot.add_argument("--scales", default=None, help="scales file from calibrate or train (required for trained methods)")
+    zeroshot = _add_inference_command(commands, "zeroshot", "zero-shot multiple-choice accuracy through lm-eval (needs the zeroshot extra)")
     zeroshot.add_argument("--tasks", default="", help="comma-separated lm-eval task names, e.g. arc_easy,piqa (default: none)")
     zeroshot.add_argument(
         "--local-task",

@@ -70,7 +70,7 @@ def load_scales(path: str | Path, quantizers: dict[str, TrainableScale], fingerp
         if f"{name}.scale" not in tensors:
             raise ValueError(f"scales file {path} has no scale for quantizer {name}; it was made with another quantizer layout")
         if specs.get(name) != quantizer.describe():
-            raise ValueError(f"scales file {path} holds {specs.get(name)} scales for {name}, but the model uses {quantizer.describe()}; match --abits/--granularity")
+            raise ValueError(f"scales file {path} contains {specs.get(name)} scales for {name}, but the model uses {quantizer.describe()}; match --abits/--granularity")
         quantizer.set_scale(tensors[f"{name}.scale"], tensors.get(f"{name}.zero_point"))
     unused = {key.rsplit(".", 1)[0] for key in tensors} - set(static)
     if unused:

@@ -81,7 +81,6 @@ rule cross_evaluate:
         scheme=scheme_args,
         evaluation=eval_args,
         scales=lambda wildcards, input: f"--scales {input.scales}" if input.scales else "",
-        tinystories=f"--tinystories-dir {TINYSTORIES_DIR}" if TINYSTORIES_DIR else "",
     threads: config["threads"]
     resources:
         **rule_resources("claims_evaluate"),
@@ -89,7 +88,7 @@ rule cross_evaluate:
         f"{RESULTS}/logs/cross/{{model}}/{{method}}-{{bits}}.log",
     shell:
         "corpus=$(cat {input.corpus}); "
-        "sasq evaluate {params.scheme} {params.evaluation} {params.scales} {params.tinystories} --calib-corpus $corpus "
+        "sasq evaluate {params.scheme} {params.evaluation} {params.scales} --calib-corpus $corpus "
         f"--eval-corpus {CROSS_CORPUS} --threads {{threads}} --output {{output}} > {{log}} 2>&1"
 
 
@@ -147,6 +146,7 @@ rule claims:
         cross_corpus=CROSS_CORPUS,
         claim_tag=CLAIM_TAG,
         seeds=CLAIMS["seeds"],
+        variants=CLAIM_VARIANTS,
         models=list(MODELS),
         runs_dir=RUNS,
         zeroshot_note="" if ZEROSHOT_AVAILABLE or not CLAIMS["zeroshot_tasks"] else

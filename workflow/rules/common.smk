@@ -111,10 +111,16 @@ def rule_resources(rule_name):
     return {key: value(key) for key in sorted(keys)}
 
 
-def scheme_args(wildcards):
-    """`sasq` options of the method and bit-width wildcards, shared by calibrate, train, evaluate, diagnose."""
-    args = [f"--method {wildcards.method}", f"--model {MODELS[wildcards.model]['ref']}", f"--seed {config['seed']}"]
-    args += [f"--device {config['device']}", f"--dtype {config['dtype']}", f"--granularity {config['granularity']}"]
+def scheme_args(wildcards, overrides=None):
+    """`sasq` options of the method and bit-width wildcards, shared by every rule that runs a model.
+
+    ``overrides`` (a claims variant) replaces the seed or granularity and may add an observer.
+    """
+    overrides = overrides or {}
+    args = [f"--method {wildcards.method}", f"--model {MODELS[wildcards.model]['ref']}", f"--seed {overrides.get('seed', config['seed'])}"]
+    args += [f"--device {config['device']}", f"--dtype {config['dtype']}", f"--granularity {overrides.get('granularity', config['granularity'])}"]
+    if "observer" in overrides:
+        args.append(f"--observer {overrides['observer']}")
     if config["weight_quantizer"] != "rtn":
         args.append(f"--weight-quantizer {config['weight_quantizer']}")
     if wildcards.bits != FLOAT_TAG:
@@ -122,6 +128,8 @@ def scheme_args(wildcards):
         args.append(f"--wbits {wbits} --abits {abits}")
     if DATA_DIR:
         args.append(f"--data-dir {DATA_DIR}")
+    if TINYSTORIES_DIR:
+        args.append(f"--tinystories-dir {TINYSTORIES_DIR}")
     calib = settings(wildcards.model, "calib")
     args.append(f"--calib-split {calib['split']} --calib-seqlen {calib['seqlen']} --calib-windows {calib['windows']}")
     return " ".join(args)
@@ -135,13 +143,17 @@ def eval_args(wildcards, windows_key="windows"):
     return args
 
 
-def train_args(wildcards):
+def train_args(wildcards, overrides=None):
+    """`sasq train` options; ``overrides`` (a claims variant) may replace the window count or lr."""
+    overrides = overrides or {}
     train = settings(wildcards.model, "train")
-    args = f"--train-split {train['split']} --train-seqlen {train['seqlen']} --lr {train['lr']} --epochs {train['epochs']}"
+    lr = overrides.get("lr", train["lr"])
+    windows = overrides.get("train_windows", train["windows"])
+    args = f"--train-split {train['split']} --train-seqlen {train['seqlen']} --lr {lr} --epochs {train['epochs']}"
     args += f" --checkpoint-every {train['checkpoint_every']}"
-    if train["windows"] is not None:
-        args += f" --train-windows {train['windows']}"
-    if train["max_steps"] is not None:
+    if windows is not None:
+        args += f" --train-windows {windows}"
+    if train["max_steps"] is not None and "train_windows" not in overrides:
         args += f" --max-steps {train['max_steps']}"
     return args
 
@@ -257,46 +269,17 @@ def claim_tag(method):
     return FLOAT_TAG if REGISTRY[method].activation == "none" else CLAIM_TAG
 
 
-def claim_overrides(wildcards):
-    return CLAIM_VARIANTS[wildcards.variant]
-
-
 def claim_scheme_args(wildcards):
-    """`sasq` options of a claims run: the base run's, with the variant's seed, granularity or observer."""
-    overrides = claim_overrides(wildcards)
-    args = [f"--method {wildcards.method}", f"--model {MODELS[wildcards.model]['ref']}", f"--seed {overrides.get('seed', config['seed'])}"]
-    args += [f"--device {config['device']}", f"--dtype {config['dtype']}", f"--granularity {overrides.get('granularity', config['granularity'])}"]
-    if "observer" in overrides:
-        args.append(f"--observer {overrides['observer']}")
-    if wildcards.bits != FLOAT_TAG:
-        wbits, abits = wildcards.bits[1:].split("a")
-        args.append(f"--wbits {wbits} --abits {abits}")
-    if DATA_DIR:
-        args.append(f"--data-dir {DATA_DIR}")
-    if TINYSTORIES_DIR:
-        args.append(f"--tinystories-dir {TINYSTORIES_DIR}")
-    calib = settings(wildcards.model, "calib")
-    args.append(f"--calib-split {calib['split']} --calib-seqlen {calib['seqlen']} --calib-windows {calib['windows']}")
-    return " ".join(args)
+    return scheme_args(wildcards, CLAIM_VARIANTS[wildcards.variant])
 
 
 def claim_train_args(wildcards):
-    overrides = claim_overrides(wildcards)
-    train = dict(settings(wildcards.model, "train"))
-    train["lr"] = overrides.get("lr", train["lr"])
-    train["windows"] = overrides.get("train_windows", train["windows"])
-    args = f"--train-split {train['split']} --train-seqlen {train['seqlen']} --lr {train['lr']} --epochs {train['epochs']}"
-    args += f" --checkpoint-every {train['checkpoint_every']}"
-    if train["windows"] is not None:
-        args += f" --train-windows {train['windows']}"
-    if train["max_steps"] is not None and "train_windows" not in overrides:
-        args += f" --max-steps {train['max_steps']}"
-    return args
+    return train_args(wildcards, CLAIM_VARIANTS[wildcards.variant])
 
 
 def claim_train_corpus(wildcards):
     """Shell expression of the corpus a claims run calibrates and trains on."""
-    return claim_overrides(wildcards).get("train_corpus", "$base")
+    return CLAIM_VARIANTS[wildcards.variant].get("train_corpus", "$base")
 
 
 def claim_scales(wildcards):

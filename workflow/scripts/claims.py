@@ -1,6 +1,6 @@
 """Write results/claims.md: the paper's claims against this run, with controls and ablations.
 
-Verdict rules (the report points here for them):
+The report links to this file for its verdict rules, which are:
 
 * C1 (static min-max collapses): ``r = PPL(static-minmax) / PPL(fp)``; holds when r >= 10,
   partly when 1.5 <= r < 10 (it degrades without collapsing), does not hold below 1.5.
@@ -163,29 +163,30 @@ for model in snakemake.params.models:
         lines.append(f"| {row.method} | {row.bits.upper()} | {fmt(row.ppl)} | {pct(row.ppl, fp)} | {fmt(cross)} | {pct(cross, fp_cross)} |")
     lines.append("")
 
-    trained_on = next((path.stem.split("-trained-on-")[1].rsplit("-", 1)[0] for path in (RUNS / model / "claims" / "evaluate").glob("sasq-*-trained-on-*-base.json")), None)
-    if trained_on:
-        variant = f"trained-on-{trained_on}"
+    variants = snakemake.params.variants
+    moved = next((name for name, overrides in variants.items() if "train_corpus" in overrides), None)
+    if moved:
         lines += [
             f"Scales trained (and calibrated) on `{CROSS}` instead of the main corpus, scored on the main corpus: "
-            f"SASQ {fmt(claim_ppl(model, 'sasq', variant))} (in-domain seed {SEEDS[0]}: {fmt(claim_ppl(model, 'sasq', f'seed{SEEDS[0]}'))}), "
-            f"fp-gain {fmt(claim_ppl(model, CONTROL, variant))} (in-domain: {fmt(claim_ppl(model, CONTROL, f'seed{SEEDS[0]}'))}), fp {fmt(fp)}.",
+            f"SASQ {fmt(claim_ppl(model, 'sasq', moved))} (in-domain seed {SEEDS[0]}: {fmt(claim_ppl(model, 'sasq', f'seed{SEEDS[0]}'))}), "
+            f"fp-gain {fmt(claim_ppl(model, CONTROL, moved))} (in-domain: {fmt(claim_ppl(model, CONTROL, f'seed{SEEDS[0]}'))}), fp {fmt(fp)}.",
             "",
         ]
 
     ablations = []
-    for path in sorted((RUNS / model / "claims" / "evaluate").glob(f"sasq-{TAG}-init-*-base.json")):
-        observer = path.stem[len(f"sasq-{TAG}-init-"):-len("-base")]
-        ablations.append(f"| init statistic | {observer} | {fmt(claim_ppl(model, 'sasq-init', f'init-{observer}'))} | {fmt(claim_ppl(model, 'sasq', f'init-{observer}'))} |")
-    for granularity in ("per-channel", "per-tensor"):
-        if claim_ppl(model, "sasq", granularity) is not None:
-            ablations.append(f"| granularity | {granularity} | {fmt(claim_ppl(model, 'sasq-init', granularity))} | {fmt(claim_ppl(model, 'sasq', granularity))} |")
-    for path in sorted((RUNS / model / "claims" / "evaluate").glob(f"sasq-{TAG}-windows*-base.json"), key=lambda p: int(p.stem.split("windows")[1].split("-")[0])):
-        windows = path.stem.split("windows")[1].split("-")[0]
-        ablations.append(f"| training windows | {windows} | – | {fmt(claim_ppl(model, 'sasq', f'windows{windows}'))} |")
-    for path in sorted((RUNS / model / "claims" / "evaluate").glob(f"sasq-{TAG}-lr*-base.json")):
-        lr = path.stem[len(f"sasq-{TAG}-lr"):-len("-base")]
-        ablations.append(f"| learning rate | {lr} | – | {fmt(claim_ppl(model, 'sasq', f'lr{lr}'))} |")
+    for name, overrides in variants.items():
+        if "observer" in overrides:
+            label, setting, untrained = "init statistic", overrides["observer"], fmt(claim_ppl(model, "sasq-init", name))
+        elif "granularity" in overrides:
+            label, setting, untrained = "granularity", overrides["granularity"], fmt(claim_ppl(model, "sasq-init", name))
+        elif "train_windows" in overrides:
+            label, setting, untrained = "training windows", overrides["train_windows"], "–"
+        elif "lr" in overrides:
+            label, setting, untrained = "learning rate", f"{overrides['lr']:g}", "–"
+        else:
+            continue
+        ablations.append(f"| {label} | {setting} | {untrained} | {fmt(claim_ppl(model, 'sasq', name))} |")
+
     lines += ["#### Ablations (SASQ, main corpus)", ""]
     if ablations:
         lines += ["| ablation | setting | untrained init | trained |", "| --- | --- | ---: | ---: |", *ablations, ""]
