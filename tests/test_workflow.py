@@ -121,12 +121,20 @@ claims_options:
 """
 
 
-def test_claims_section_end_to_end(tmp_path):
-    """The .test config at W8A8 with a small claims section: every claim row, the control and the second corpus."""
+def own_corpus_models() -> str:
+    """A models block with stories260K on its own corpus, TinyStories, scored on 256-token windows."""
     if not (ASSETS / "tinystories" / "tinystories_train_head.txt").is_file():
         pytest.skip(f"TinyStories text not found under {ASSETS}/tinystories (set SASQ_ASSETS)")
+    return f"models:\n  stories260k:\n    ref: {ASSETS / 'stories260K-hf'}\n    corpus: tinystories\n    eval: {{windows: 3}}\n"
+
+
+def test_claims_section_end_to_end(tmp_path):
+    """stories260K on its own TinyStories domain at W8A8 with a small claims section.
+
+    Every claim row has a verdict; WikiText-2, the shared corpus, is the model's second corpus.
+    """
     config = tmp_path / "claims.yaml"
-    text = TEST_CONFIG.read_text().replace("  - {wbits: 4, abits: 8}\n", "")
+    text = TEST_CONFIG.read_text().replace("  - {wbits: 4, abits: 8}\n", "").replace("models: {}\n", own_corpus_models())
     config.write_text(text + CLAIMS_OPTIONS)
     out = tmp_path / "out"
     result = snakemake("--cores", "2", "--directory", str(tmp_path), "--configfile", str(config), "--config", f"output_dir={out}", *assets_config())
@@ -135,7 +143,8 @@ def test_claims_section_end_to_end(tmp_path):
     claims = (out / "results" / "claims.md").read_text()
     report = (out / "results" / "report.md").read_text()
     assert "## Claims" in report
-    assert "### stories260k" in claims
+    assert "### stories260k (main corpus `tinystories`, second corpus `wikitext2`)" in claims
+    assert "| stories260k | " in report and "| `tinystories` | 3 × 256 (test) |" in report
     verdicts = ("holds", "does not hold", "inconclusive", "partly", "not measured")
     for claim in ("C1:", "C2:", "C3:", "C4:"):
         row = next(line for line in claims.splitlines() if line.startswith(f"| {claim}"))
@@ -148,15 +157,61 @@ def test_claims_section_end_to_end(tmp_path):
     for seed in (0, 1):
         control = json.loads((runs / "claims" / "evaluate" / f"fp-gain-float-seed{seed}-cross.json").read_text())
         assert control["seed"] == seed
-        assert control["eval_corpus"] == "tinystories"
-        assert control["train_corpus"] == "wikitext2"
-    moved = json.loads((runs / "claims" / "evaluate" / "sasq-w8a8-trained-on-tinystories-base.json").read_text())
-    assert moved["train_corpus"] == "tinystories"
-    assert moved["calib_corpus"] == "tinystories"
-    assert moved["eval_corpus"] == "wikitext2"
+        assert control["eval_corpus"] == "wikitext2"
+        assert control["train_corpus"] == "tinystories"
+    moved = json.loads((runs / "claims" / "evaluate" / "sasq-w8a8-trained-on-cross-base.json").read_text())
+    assert moved["train_corpus"] == "wikitext2"
+    assert moved["calib_corpus"] == "wikitext2"
+    assert moved["eval_corpus"] == "tinystories"
+    with open(out / "results" / "ppl.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            assert row["eval_corpus"] == "tinystories", row
+            assert row["calib_corpus"] in ("", "tinystories"), row
     untrained = json.loads((runs / "claims" / "evaluate" / "sasq-init-w8a8-init-minmax-base.json").read_text())
     baseline = json.loads((runs / "evaluate" / "static-minmax-w8a8.json").read_text())
     assert untrained["ppl"] == pytest.approx(baseline["ppl"], rel=1e-9)
+
+
+def shell_commands(result: subprocess.CompletedProcess) -> list[str]:
+    return [line.removeprefix("Shell command: ") for line in (result.stdout + result.stderr).splitlines() if line.startswith("Shell command: ")]
+
+
+def test_claims_corpora_dry_run(tmp_path):
+    """Corpus words of the claims jobs: a model on the shared corpus, and one with its own corpus."""
+    stories = ASSETS / "stories260K-hf"
+    config = tmp_path / "claims.yaml"
+    models = f"models:\n  shared:\n    ref: {stories}\n  own:\n    ref: {stories}\n    corpus: tinystories\n"
+    config.write_text(TEST_CONFIG.read_text().replace("models: {}\n", models).replace("assets_dir: ../shared/assets", "assets_dir: null") + CLAIMS_OPTIONS)
+    result = snakemake("-n", "-p", "--configfile", str(config), "--config", f"output_dir={tmp_path}", f"tinystories_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    commands = shell_commands(result)
+    shared_name = f"$(cat {tmp_path}/results/data/corpus.name)"
+
+    def command(path: str) -> str:
+        return next(line for line in commands if f"--output {tmp_path}/results/runs/{path} " in line)
+
+    assert "--eval-corpus tinystories " in command("shared/cross/fp-float.json")
+    assert f"--eval-corpus {shared_name} " in command("own/cross/fp-float.json")
+    assert command("own/evaluate/fp-float.json").startswith(f"corpus=$(cat {tmp_path}/results/data/corpus-own.name);")
+    assert command("shared/evaluate/fp-float.json").startswith(f"corpus={shared_name};")
+    assert "corpus=tinystories;" in command("shared/claims/train/sasq-w8a8-trained-on-cross.safetensors")
+    assert f"corpus={shared_name};" in command("own/claims/train/sasq-w8a8-trained-on-cross.safetensors")
+    assert "--eval-corpus $base " in command("own/claims/evaluate/sasq-w8a8-trained-on-cross-base.json")
+
+
+def test_model_override_keeps_global_settings(tmp_path):
+    """A model's train block replaces only the keys it names; the rest come from the global block."""
+    config = tmp_path / "override.yaml"
+    models = f"models:\n  tiny:\n    ref: {ASSETS / 'stories260K-hf'}\n    train: {{windows: 7}}\n"
+    text = TEST_CONFIG.read_text().replace("models: {}\n", models).replace("assets_dir: ../shared/assets", "assets_dir: null")
+    config.write_text(text.replace("lr: 0.005", "lr: 0.0031"))
+    result = snakemake("-n", "-p", "--configfile", str(config), "--config", f"output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = next(line for line in shell_commands(result) if "sasq train" in line and "/tiny/train/sasq-w8a8" in line)
+    assert "--train-windows 7" in train
+    assert "--lr 0.0031 " in train
+    assert "--checkpoint-every 2 " in train
+    assert "--train-seqlen 128 " in train
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,15 @@
 # The claims section: the fp-gain control, a second corpus, seeds, ablations, a generation check
 # and zero-shot accuracy, all at the claims bit-width (claims.wbits/abits). Claims runs calibrate
 # inside `sasq train` (no --init-scales), so a variant's seed, observer or corpus reaches its
-# calibration too. `$base` is the corpus chosen by prepare_data.
+# calibration too. `$base` is the model's corpus (common.smk: corpus_file); the second corpus is
+# common.smk's cross_corpus.
 
 
 rule claims_train:
     input:
         model=f"{RESULTS}/models/{{model}}.json",
-        corpus=f"{RESULTS}/data/corpus.name",
+        corpus=corpus_file,
+        shared=shared_corpus_input,
     output:
         scales=f"{RUNS}/{{model}}/claims/train/{{method}}-{{bits}}-{{variant}}.safetensors",
         json=f"{RUNS}/{{model}}/claims/train/{{method}}-{{bits}}-{{variant}}.json",
@@ -29,7 +31,8 @@ rule claims_train:
 rule claims_calibrate:
     input:
         model=f"{RESULTS}/models/{{model}}.json",
-        corpus=f"{RESULTS}/data/corpus.name",
+        corpus=corpus_file,
+        shared=shared_corpus_input,
     output:
         scales=f"{RUNS}/{{model}}/claims/calibrate/{{method}}-{{bits}}-{{variant}}.safetensors",
         json=f"{RUNS}/{{model}}/claims/calibrate/{{method}}-{{bits}}-{{variant}}.json",
@@ -49,7 +52,8 @@ rule claims_calibrate:
 rule claims_evaluate:
     input:
         model=f"{RESULTS}/models/{{model}}.json",
-        corpus=f"{RESULTS}/data/corpus.name",
+        corpus=corpus_file,
+        shared=shared_corpus_input,
         scales=claim_scales,
     output:
         f"{RUNS}/{{model}}/claims/evaluate/{{method}}-{{bits}}-{{variant}}-{{scored}}.json",
@@ -57,7 +61,7 @@ rule claims_evaluate:
         scheme=claim_scheme_args,
         evaluation=eval_args,
         corpus=claim_train_corpus,
-        scored=lambda wildcards: "$base" if wildcards.scored == "base" else CROSS_CORPUS,
+        scored=claim_scored_corpus,
     threads: config["threads"]
     resources:
         **rule_resources("claims_evaluate"),
@@ -73,7 +77,8 @@ rule claims_evaluate:
 rule cross_evaluate:
     input:
         model=f"{RESULTS}/models/{{model}}.json",
-        corpus=f"{RESULTS}/data/corpus.name",
+        corpus=corpus_file,
+        shared=shared_corpus_input,
         scales=scales_for,
     output:
         f"{RUNS}/{{model}}/cross/{{method}}-{{bits}}.json",
@@ -81,6 +86,7 @@ rule cross_evaluate:
         scheme=scheme_args,
         evaluation=eval_args,
         scales=lambda wildcards, input: f"--scales {input.scales}" if input.scales else "",
+        cross=lambda wildcards: cross_corpus(wildcards.model),
     threads: config["threads"]
     resources:
         **rule_resources("claims_evaluate"),
@@ -89,13 +95,13 @@ rule cross_evaluate:
     shell:
         "corpus=$(cat {input.corpus}); "
         "sasq evaluate {params.scheme} {params.evaluation} {params.scales} --calib-corpus $corpus "
-        f"--eval-corpus {CROSS_CORPUS} --threads {{threads}} --output {{output}} > {{log}} 2>&1"
+        "--eval-corpus {params.cross} --threads {threads} --output {output} > {log} 2>&1"
 
 
 rule generate:
     input:
         model=f"{RESULTS}/models/{{model}}.json",
-        corpus=f"{RESULTS}/data/corpus.name",
+        corpus=corpus_file,
         scales=scales_for,
     output:
         f"{RUNS}/{{model}}/generate/{{method}}-{{bits}}.json",
@@ -116,7 +122,7 @@ rule generate:
 rule zeroshot:
     input:
         model=f"{RESULTS}/models/{{model}}.json",
-        corpus=f"{RESULTS}/data/corpus.name",
+        corpus=corpus_file,
         scales=scales_for,
     output:
         f"{RUNS}/{{model}}/zeroshot/{{method}}-{{bits}}.json",
@@ -143,7 +149,7 @@ rule claims:
     output:
         f"{RESULTS}/claims.md",
     params:
-        cross_corpus=CROSS_CORPUS,
+        cross_trained=CROSS_TRAINED,
         claim_tag=CLAIM_TAG,
         seeds=CLAIMS["seeds"],
         variants=CLAIM_VARIANTS,

@@ -11,6 +11,15 @@ from snakemake.utils import validate
 REPO_ROOT = Path(workflow.basedir).resolve()
 STORIES260K_FOLDER = "stories260K-hf"
 
+# A model's eval, calib and train blocks override the global ones key by key. Keep them as the user
+# wrote them: validation fills schema defaults into them too, and those would hide global values.
+SETTING_GROUPS = ("eval", "calib", "train")
+MODEL_OVERRIDES = {
+    name: {group: dict(entry.get(group) or {}) for group in SETTING_GROUPS}
+    for name, entry in (config.get("models") or {}).items()
+    if isinstance(entry, dict)
+}
+
 validate(config, "../schemas/config.schema.yaml")
 
 
@@ -85,7 +94,7 @@ def method_tags(method):
 
 def settings(model, group):
     """The eval, calib or train settings of a model: the global block with the model's overrides on top."""
-    return {**config[group], **MODELS[model].get(group, {})}
+    return {**config[group], **MODEL_OVERRIDES.get(model, {}).get(group, {})}
 
 
 def matrix(predicate=lambda method: True):
@@ -226,8 +235,32 @@ else:
     CROSS_CORPUS = CLAIMS["cross_corpus"]
 if CROSS_CORPUS == "tinystories" and not TINYSTORIES_DIR:
     raise _config_error("claims_options.cross_corpus", "tinystories, but no TinyStories folder is known; set tinystories_dir or $SASQ_TINYSTORIES_DIR, or use auto")
+for _name, _entry in MODELS.items():
+    if _entry.get("corpus") == "tinystories" and not TINYSTORIES_DIR:
+        raise _config_error(f"models.{_name}.corpus", "tinystories, but no TinyStories folder is known; set tinystories_dir or $SASQ_TINYSTORIES_DIR")
+
+# Every job reads its corpus name from a file: prepare_data's choice (WikiText-2 or the pydoc
+# fallback), or the model's own corpus when its config entry names one (stories260K knows only
+# TinyStories). The shell word SHARED_CORPUS reads prepare_data's choice.
+SHARED_CORPUS_FILE = f"{RESULTS}/data/corpus.name"
+SHARED_CORPUS = f"$(cat {SHARED_CORPUS_FILE})"
+
+
+def corpus_file(wildcards):
+    """File naming the corpus a model is calibrated, trained and scored on."""
+    if MODELS[wildcards.model].get("corpus"):
+        return f"{RESULTS}/data/corpus-{wildcards.model}.name"
+    return SHARED_CORPUS_FILE
+
+
+def cross_corpus(model):
+    """Shell word for a model's second corpus: CROSS_CORPUS, or the shared corpus when CROSS_CORPUS is the model's own."""
+    return SHARED_CORPUS if MODELS[model].get("corpus") == CROSS_CORPUS else CROSS_CORPUS
 if CLAIMS_ON and CONTROL_METHOD not in REGISTRY:
     raise _config_error("claims", f"true, but the method {CONTROL_METHOD} is not registered; set claims: false")
+
+
+CROSS_TRAINED = "trained-on-cross"
 
 
 def _claim_variants():
@@ -244,7 +277,7 @@ def _claim_variants():
         variants[f"windows{windows}"] = {"train_windows": windows}
     for lr in CLAIMS["lrs"]:
         variants[f"lr{lr:g}"] = {"lr": lr}
-    variants[f"trained-on-{CROSS_CORPUS.replace(':', '_').replace('/', '_')}"] = {"train_corpus": CROSS_CORPUS}
+    variants[CROSS_TRAINED] = {"train_corpus": "cross"}
     return variants
 
 
@@ -260,8 +293,7 @@ def claim_runs():
         runs += [("sasq-init", other), ("sasq", other)]
     runs += [("sasq", f"windows{windows}") for windows in CLAIMS["train_windows"]]
     runs += [("sasq", f"lr{lr:g}") for lr in CLAIMS["lrs"]]
-    cross_train = next(name for name in CLAIM_VARIANTS if name.startswith("trained-on-"))
-    runs += [("sasq", cross_train), (CONTROL_METHOD, cross_train)]
+    runs += [("sasq", CROSS_TRAINED), (CONTROL_METHOD, CROSS_TRAINED)]
     return runs
 
 
@@ -278,8 +310,21 @@ def claim_train_args(wildcards):
 
 
 def claim_train_corpus(wildcards):
-    """Shell expression of the corpus a claims run calibrates and trains on."""
-    return CLAIM_VARIANTS[wildcards.variant].get("train_corpus", "$base")
+    """Shell word of the corpus a claims run calibrates and trains on: the model's own, or its second corpus."""
+    return cross_corpus(wildcards.model) if CLAIM_VARIANTS[wildcards.variant].get("train_corpus") == "cross" else "$base"
+
+
+def claim_scored_corpus(wildcards):
+    """Shell word of the corpus a claims evaluation scores: the model's own (base) or its second corpus (cross)."""
+    return "$base" if wildcards.scored == "base" else cross_corpus(wildcards.model)
+
+
+def shared_corpus_input(wildcards):
+    """prepare_data's corpus file when a job's shell reads it as the second corpus, else nothing."""
+    variant = getattr(wildcards, "variant", None)
+    scored = getattr(wildcards, "scored", None)
+    reads_cross = variant is None or scored == "cross" or CLAIM_VARIANTS[variant].get("train_corpus") == "cross"
+    return [SHARED_CORPUS_FILE] if reads_cross and cross_corpus(wildcards.model) == SHARED_CORPUS else []
 
 
 def claim_scales(wildcards):

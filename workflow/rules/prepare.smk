@@ -28,3 +28,16 @@ rule prepare_data:
         f"{RESULTS}/logs/prepare_data.log",
     script:
         "../scripts/prepare_data.py"
+
+
+# A model whose config entry names its own corpus reads the name from this file instead of
+# corpus.name; the sasq job that loads the text reports a missing file.
+rule model_corpus:
+    output:
+        f"{RESULTS}/data/corpus-{{model}}.name",
+    params:
+        corpus=lambda wildcards: MODELS[wildcards.model]["corpus"],
+    log:
+        f"{RESULTS}/logs/model_corpus/{{model}}.log",
+    shell:
+        "echo {params.corpus:q} > {output} 2> {log}"

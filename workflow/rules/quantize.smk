@@ -11,7 +11,7 @@ EVAL_CORPUS_OPTIONS = "--calib-corpus $corpus --eval-corpus $corpus"
 rule calibrate:
     input:
         model=f"{RESULTS}/models/{{model}}.json",
-        corpus=f"{RESULTS}/data/corpus.name",
+        corpus=corpus_file,
     output:
         scales=f"{RUNS}/{{model}}/calibrate/{{method}}-{{bits}}.safetensors",
         json=f"{RUNS}/{{model}}/calibrate/{{method}}-{{bits}}.json",
@@ -34,7 +34,7 @@ rule calibrate:
 rule train:
     input:
         model=f"{RESULTS}/models/{{model}}.json",
-        corpus=f"{RESULTS}/data/corpus.name",
+        corpus=corpus_file,
         init=f"{RUNS}/{{model}}/calibrate/{{method}}-{{bits}}.safetensors",
     output:
         scales=f"{RUNS}/{{model}}/train/{{method}}-{{bits}}.safetensors",
@@ -56,7 +56,7 @@ rule train:
 rule evaluate:
     input:
         model=f"{RESULTS}/models/{{model}}.json",
-        corpus=f"{RESULTS}/data/corpus.name",
+        corpus=corpus_file,
         scales=scales_for,
     output:
         f"{RUNS}/{{model}}/evaluate/{{method}}-{{bits}}.json",
@@ -78,7 +78,7 @@ rule evaluate:
 rule diagnose:
     input:
         model=f"{RESULTS}/models/{{model}}.json",
-        corpus=f"{RESULTS}/data/corpus.name",
+        corpus=corpus_file,
         scales=scales_for,
     output:
         f"{RUNS}/{{model}}/diagnose/{{method}}-{{bits}}.json",

@@ -26,7 +26,7 @@ log = logging.getLogger("claims")
 
 RUNS = Path(snakemake.params.runs_dir)
 TAG = snakemake.params.claim_tag
-CROSS = snakemake.params.cross_corpus
+CROSS_TRAINED = snakemake.params.cross_trained
 SEEDS = list(snakemake.params.seeds)
 CONTROL = "fp-gain"
 main = pd.read_csv(snakemake.input.ppl)
@@ -51,6 +51,14 @@ def main_ppl(model, method, tag):
 def cross_ppl(model, method, tag):
     row = load(RUNS / model / "cross" / f"{method}-{tag}.json")
     return None if row is None else row["ppl"]
+
+
+def corpus_names(model):
+    """(main, second) corpus names of a model, as its fp runs recorded them."""
+    rows = main[main["model"] == model]
+    own = str(rows["eval_corpus"].iloc[0]) if len(rows) else "main corpus"
+    cross = load(RUNS / model / "cross" / "fp-float.json")
+    return own, (cross["eval_corpus"] if cross else "second corpus")
 
 
 def fmt(value, digits=3):
@@ -108,11 +116,13 @@ lines = [
     "## Claims",
     "",
     f"Claims runs use W{TAG[1:].replace('a', 'A')} and the settings of the table above unless a row says otherwise; SASQ and",
-    f"the fp-gain control are trained with seeds {', '.join(map(str, SEEDS))} (mean ± standard deviation). The second",
-    f"corpus `{CROSS}` trained no scale. Verdict rules are in `workflow/scripts/claims.py`.",
+    f"the fp-gain control are trained with seeds {', '.join(map(str, SEEDS))} (mean ± standard deviation). Each model",
+    "is trained and scored on its main corpus; its second corpus trained no scale. Verdict rules are in",
+    "`workflow/scripts/claims.py`.",
     "",
 ]
 for model in snakemake.params.models:
+    own, cross_name = corpus_names(model)
     fp = main_ppl(model, "fp", "float")
     minmax = main_ppl(model, "static-minmax", TAG)
     quarot = main_ppl(model, "quarot-dynamic", TAG)
@@ -134,7 +144,7 @@ for model in snakemake.params.models:
     _, c4 = latency_ratio()
     sasq_cell = f"{fmt(sasq_mean)} ± {fmt(sasq_std)} ({pct(sasq_mean, fp)} vs fp)"
     lines += [
-        f"### {model}",
+        f"### {model} (main corpus `{own}`, second corpus `{cross_name}`)",
         "",
         "| claim | paper (LLaMA-2-7B) | ours | control | verdict |",
         "| --- | --- | --- | --- | --- |",
@@ -151,10 +161,10 @@ for model in snakemake.params.models:
     cross_control, cross_control_std, _ = seed_stats(model, CONTROL, "cross")
     cross_sasq, cross_sasq_std, _ = seed_stats(model, "sasq", "cross")
     lines += [
-        f"Second corpus (`{CROSS}` test), never trained on: fp {fmt(cross_ppl(model, 'fp', 'float'))}, SASQ {fmt(cross_sasq)} ± {fmt(cross_sasq_std)}, "
+        f"Second corpus (`{cross_name}` test), never trained on: fp {fmt(cross_ppl(model, 'fp', 'float'))}, SASQ {fmt(cross_sasq)} ± {fmt(cross_sasq_std)}, "
         f"fp-gain {fmt(cross_control)} ± {fmt(cross_control_std)}.",
         "",
-        "| method | bits | main corpus | vs fp | " + f"{CROSS} | vs fp |",
+        f"| method | bits | {own} | vs fp | {cross_name} | vs fp |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     fp_cross = cross_ppl(model, "fp", "float")
@@ -164,10 +174,10 @@ for model in snakemake.params.models:
     lines.append("")
 
     variants = snakemake.params.variants
-    moved = next((name for name, overrides in variants.items() if "train_corpus" in overrides), None)
+    moved = CROSS_TRAINED if CROSS_TRAINED in variants else None
     if moved:
         lines += [
-            f"Scales trained (and calibrated) on `{CROSS}` instead of the main corpus, scored on the main corpus: "
+            f"Scales trained (and calibrated) on `{cross_name}` instead of `{own}`, scored on `{own}`: "
             f"SASQ {fmt(claim_ppl(model, 'sasq', moved))} (in-domain seed {SEEDS[0]}: {fmt(claim_ppl(model, 'sasq', f'seed{SEEDS[0]}'))}), "
             f"fp-gain {fmt(claim_ppl(model, CONTROL, moved))} (in-domain: {fmt(claim_ppl(model, CONTROL, f'seed{SEEDS[0]}'))}), fp {fmt(fp)}.",
             "",
@@ -187,7 +197,7 @@ for model in snakemake.params.models:
             continue
         ablations.append(f"| {label} | {setting} | {untrained} | {fmt(claim_ppl(model, 'sasq', name))} |")
 
-    lines += ["#### Ablations (SASQ, main corpus)", ""]
+    lines += [f"#### Ablations (SASQ, `{own}`)", ""]
     if ablations:
         lines += ["| ablation | setting | untrained init | trained |", "| --- | --- | ---: | ---: |", *ablations, ""]
     else:

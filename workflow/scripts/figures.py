@@ -1,7 +1,7 @@
 """Draw the workflow's figures from results/ppl.csv and the train and diagnose JSONs.
 
 * ppl_vs_bits.png: perplexity against bit-width, one line per method, one panel per model;
-* ppl_vs_model_size.png: perplexity against parameter count, one panel per bit-width;
+* ppl_vs_model_size.png: perplexity against parameter count, one panel per bit-width and corpus;
 * sasq_loss_curve.png: the ``loss_curve`` of every `sasq train` job;
 * activation_absmax.png: per quantizer, the activation abs-max and the clipping range
   (``range_max``) of the sasq-init scales and of the trained sasq scales.
@@ -28,7 +28,8 @@ table = pd.read_csv(snakemake.input.ppl)
 bit_tags = list(snakemake.params.bit_tags)
 methods = [name for name in snakemake.params.method_order if name in set(table["method"])]
 models = list(dict.fromkeys(table["model"]))
-corpus = f"{', '.join(sorted(set(table['eval_corpus'])))} {', '.join(sorted(set(table['eval_split'])))} split"
+model_corpus = table.groupby("model")["eval_corpus"].first().to_dict()
+split = ", ".join(sorted(set(table["eval_split"])))
 outputs = {Path(path).stem: path for path in snakemake.output}
 
 
@@ -68,24 +69,28 @@ def ppl_vs_bits():
         plain_log_axis(axis)
         axis.set_title(f"{model}: perplexity against bit-width")
         axis.set_xlabel("weight / activation bits")
-        axis.set_ylabel(f"perplexity ({corpus}, log scale)")
+        axis.set_ylabel(f"perplexity ({model_corpus[model]} {split} split, log scale)")
         axis.legend(fontsize="small")
     save(figure, "ppl_vs_bits")
 
 
 def ppl_vs_model_size():
-    figure, axes = plt.subplots(1, len(bit_tags), figsize=(6 * len(bit_tags), 4.5), squeeze=False)
-    for axis, tag in zip(axes[0], bit_tags):
-        for method in methods:
-            rows = table[(table["method"] == method) & (table["bits"] == (FLOAT_TAG if method == "fp" else tag))].sort_values("parameters")
-            axis.plot(rows["parameters"] / 1e6, rows["ppl"], marker="o", linestyle="--" if method == "fp" else "-", label=method)
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        plain_log_axis(axis)
-        axis.set_title(f"Perplexity against model size, {tag.upper()}")
-        axis.set_xlabel("parameters (millions, log scale)")
-        axis.set_ylabel(f"perplexity ({corpus}, log scale)")
-        axis.legend(fontsize="small")
+    # Perplexities on different corpora do not share an axis: one row of panels per corpus.
+    corpora = sorted(set(model_corpus.values()))
+    figure, axes = plt.subplots(len(corpora), len(bit_tags), figsize=(6 * len(bit_tags), 4.5 * len(corpora)), squeeze=False)
+    for row, name in zip(axes, corpora):
+        scored = table[table["model"].map(model_corpus) == name]
+        for axis, tag in zip(row, bit_tags):
+            for method in methods:
+                rows = scored[(scored["method"] == method) & (scored["bits"] == (FLOAT_TAG if method == "fp" else tag))].sort_values("parameters")
+                axis.plot(rows["parameters"] / 1e6, rows["ppl"], marker="o", linestyle="--" if method == "fp" else "-", label=method)
+            axis.set_xscale("log")
+            axis.set_yscale("log")
+            plain_log_axis(axis)
+            axis.set_title(f"Perplexity against model size, {tag.upper()}, {name}")
+            axis.set_xlabel("parameters (millions, log scale)")
+            axis.set_ylabel(f"perplexity ({name} {split} split, log scale)")
+            axis.legend(fontsize="small")
     save(figure, "ppl_vs_model_size")
 
 

@@ -29,9 +29,13 @@ settings = snakemake.params.config
 output = Path(snakemake.output[0])
 
 
+# Corpus each model was scored on: prepare_data's choice, or the model's own (config key corpus).
+model_corpus = table.groupby("model")["eval_corpus"].first().to_dict()
+
+
 def follows_protocol(model):
     evaluation = models[model]["eval"]
-    return corpus["corpus"] == "wikitext2" and evaluation["split"] == "test" and evaluation["seqlen"] == PROTOCOL_SEQLEN and evaluation["windows"] is None
+    return model_corpus.get(model) == "wikitext2" and evaluation["split"] == "test" and evaluation["seqlen"] == PROTOCOL_SEQLEN and evaluation["windows"] is None
 
 
 def published_value(model, method, bits):
@@ -117,15 +121,16 @@ if corpus["fallback"]:
         "",
     ]
 lines += [
-    f"- Corpus: `{corpus['corpus']}`" + (" (fallback)" if corpus["fallback"] else ""),
+    f"- Corpus: `{corpus['corpus']}`" + (" (fallback)" if corpus["fallback"] else "")
+    + ("; models with a corpus of their own list it in the table below" if set(model_corpus.values()) - {corpus["corpus"]} else ""),
     *[f"  - split `{split}`: {source}" for split, source in corpus["sources"].items()],
     f"- Seed {settings['seed']}, device `{settings['device']}`, dtype `{settings['dtype']}`, "
     f"static scales {settings['granularity']}, weights {settings['weight_quantizer']} (symmetric, per output channel)",
     f"- Code: git commit {', '.join(sorted(set(table['git_commit'].astype(str))))}; "
     f"torch {', '.join(sorted(set(table['torch'].astype(str))))}, transformers {', '.join(sorted(set(table['transformers'].astype(str))))}",
     "",
-    "| model | reference | parameters | eval windows × seqlen | calibration windows × seqlen | training windows × seqlen |",
-    "| --- | --- | ---: | --- | --- | --- |",
+    "| model | reference | parameters | corpus | eval windows × seqlen | calibration windows × seqlen | training windows × seqlen |",
+    "| --- | --- | ---: | --- | --- | --- | --- |",
 ]
 parameters = table.groupby("model")["parameters"].first()
 for name, model in models.items():
@@ -134,12 +139,13 @@ for name, model in models.items():
     windows = f"{int(scored.max())}" if len(scored) else "–"
     training = f"{train['windows'] or 'all'} × {train['seqlen']}" + (f", at most {train['max_steps']} steps" if train["max_steps"] else "")
     lines.append(
-        f"| {name} | `{model['ref']}` | {parameters.get(name, float('nan')) / 1e6:.2f} M | {windows} × {evaluation['seqlen']} ({evaluation['split']}) "
+        f"| {name} | `{model['ref']}` | {parameters.get(name, float('nan')) / 1e6:.2f} M | `{model_corpus.get(name, '–')}` "
+        f"| {windows} × {evaluation['seqlen']} ({evaluation['split']}) "
         f"| {calib['windows']} × {calib['seqlen']} ({calib['split']}) | {training} ({train['split']}) |"
     )
 lines += [
     "",
-    f"## Perplexity ({corpus['corpus']} {', '.join(sorted({m['eval']['split'] for m in models.values()}))}, lower is better)",
+    f"## Perplexity ({', '.join(sorted(set(model_corpus.values())))} {', '.join(sorted({m['eval']['split'] for m in models.values()}))}, lower is better)",
     "",
     "Token-level perplexity over non-overlapping windows; W*x*A*y* = *x*-bit weights (RTN or GPTQ, per output",
     "channel) and *y*-bit activations. The `fp` row is the unquantized model, repeated under every bit-width.",
