@@ -144,7 +144,8 @@ def test_claims_section_end_to_end(tmp_path):
     report = (out / "results" / "report.md").read_text()
     assert "## Claims" in report
     assert "### stories260k (main corpus `tinystories`, second corpus `wikitext2`)" in claims
-    assert "| stories260k | " in report and "| `tinystories` | 3 × 256 (test) |" in report
+    model_row = next(line for line in report.splitlines() if line.startswith("| stories260k | "))
+    assert "| `tinystories` | 3 × 256 (test) |" in model_row
     verdicts = ("holds", "does not hold", "inconclusive", "partly", "not measured")
     for claim in ("C1:", "C2:", "C3:", "C4:"):
         row = next(line for line in claims.splitlines() if line.startswith(f"| {claim}"))
@@ -197,6 +198,26 @@ def test_claims_corpora_dry_run(tmp_path):
     assert "corpus=tinystories;" in command("shared/claims/train/sasq-w8a8-trained-on-cross.safetensors")
     assert f"corpus={shared_name};" in command("own/claims/train/sasq-w8a8-trained-on-cross.safetensors")
     assert "--eval-corpus $base " in command("own/claims/evaluate/sasq-w8a8-trained-on-cross-base.json")
+
+
+@pytest.mark.parametrize(
+    ("entry", "options", "message"),
+    [
+        ("corpus: wikitext", "", "invalid config value for 'models.tiny.corpus': 'wikitext' is not a corpus; use wikitext2"),
+        ("corpus: text:no-such-file.txt", "", "invalid config value for 'models.tiny.corpus': text:no-such-file.txt:"),
+        ("eval: 5", "", "models"),
+        ("corpus: wikitext2", "claims: true\nclaims_options: {cross_corpus: wikitext2}\n", "leaves model tiny without a second corpus"),
+        ("corpus: tinystories", "claims: true\nclaims_options: {cross_corpus: wikitxt}\n", "'wikitxt' is not a corpus; use auto"),
+    ],
+)
+def test_bad_model_corpus_fails_before_jobs(entry, options, message, tmp_path):
+    config = tmp_path / "bad.yaml"
+    models = f"models:\n  tiny:\n    ref: {ASSETS / 'stories260K-hf'}\n    {entry}\n"
+    config.write_text(TEST_CONFIG.read_text().replace("models: {}\n", models).replace("assets_dir: ../shared/assets", "assets_dir: null") + options)
+    result = snakemake("-n", "--configfile", str(config), "--config", f"output_dir={tmp_path}", f"tinystories_dir={tmp_path}")
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_model_override_keeps_global_settings(tmp_path):

@@ -1,5 +1,6 @@
 # Config validation and the helpers that turn the config into the job matrix.
 
+import copy
 import importlib.util
 import os
 import re
@@ -11,20 +12,30 @@ from snakemake.utils import validate
 REPO_ROOT = Path(workflow.basedir).resolve()
 STORIES260K_FOLDER = "stories260K-hf"
 
-# A model's eval, calib and train blocks override the global ones key by key. Keep them as the user
-# wrote them: validation fills schema defaults into them too, and those would hide global values.
-SETTING_GROUPS = ("eval", "calib", "train")
-MODEL_OVERRIDES = {
-    name: {group: dict(entry.get(group) or {}) for group in SETTING_GROUPS}
-    for name, entry in (config.get("models") or {}).items()
-    if isinstance(entry, dict)
-}
-
-validate(config, "../schemas/config.schema.yaml")
+CORPUS_PATTERN = re.compile(r"(wikitext2|tinystories|pydoc|text:\S+)")
 
 
 def _config_error(key, message):
     return WorkflowError(f"invalid config value for '{key}': {message}")
+
+
+# A model's eval, calib and train blocks override the global ones key by key. Keep them as the user
+# wrote them: validation fills schema defaults into them too, and those would hide global values.
+SETTING_GROUPS = ("eval", "calib", "train")
+_written_models = copy.deepcopy(config.get("models"))
+if isinstance(_written_models, dict):
+    for _name, _entry in _written_models.items():
+        _corpus = _entry.get("corpus") if isinstance(_entry, dict) else None
+        if _corpus is not None and not (isinstance(_corpus, str) and CORPUS_PATTERN.fullmatch(_corpus)):
+            raise _config_error(f"models.{_name}.corpus", f"{_corpus!r} is not a corpus; use wikitext2, tinystories, pydoc or text:PATH (no spaces)")
+
+_cross = (config.get("claims_options") or {}).get("cross_corpus", "auto") if isinstance(config.get("claims_options"), dict) else "auto"
+if _cross != "auto" and not (isinstance(_cross, str) and CORPUS_PATTERN.fullmatch(_cross)):
+    raise _config_error("claims_options.cross_corpus", f"{_cross!r} is not a corpus; use auto, wikitext2, tinystories, pydoc or text:PATH (no spaces)")
+
+validate(config, "../schemas/config.schema.yaml")
+
+MODEL_OVERRIDES = {name: {group: dict(entry.get(group) or {}) for group in SETTING_GROUPS} for name, entry in _written_models.items()}
 
 
 def _repo_path(value):
@@ -60,7 +71,22 @@ else:
     if unknown:
         raise _config_error("methods", f"unknown method(s) {', '.join(unknown)}; use names from `sasq methods`: {', '.join(sorted(REGISTRY))}")
 
-MODELS = {name: dict(entry, ref=_repo_path(entry["ref"])) for name, entry in config["models"].items()}
+def _corpus_name(key, value):
+    """A corpus name from the config, with the path of text:PATH resolved against the repository root."""
+    if value is None or not value.startswith("text:"):
+        return value
+    path = Path(value[len("text:"):]).expanduser()
+    path = path if path.is_absolute() else (REPO_ROOT / path).resolve()
+    if not path.is_file():
+        raise _config_error(key, f"{value}: {path} is not a file; give an existing UTF-8 text file after text:")
+    return f"text:{path}"
+
+
+MODELS = {}
+for _name, _entry in config["models"].items():
+    MODELS[_name] = dict(_entry, ref=_repo_path(_entry["ref"]))
+    if "corpus" in _entry:
+        MODELS[_name]["corpus"] = _corpus_name(f"models.{_name}.corpus", _entry["corpus"])
 if config["assets_dir"]:
     stories = Path(_repo_path(config["assets_dir"])) / STORIES260K_FOLDER
     if not (stories / "config.json").is_file():
@@ -232,7 +258,7 @@ ZEROSHOT_AVAILABLE = importlib.util.find_spec("lm_eval") is not None
 if CLAIMS["cross_corpus"] == "auto":
     CROSS_CORPUS = "tinystories" if TINYSTORIES_DIR else "pydoc"
 else:
-    CROSS_CORPUS = CLAIMS["cross_corpus"]
+    CROSS_CORPUS = _corpus_name("claims_options.cross_corpus", CLAIMS["cross_corpus"])
 if CROSS_CORPUS == "tinystories" and not TINYSTORIES_DIR:
     raise _config_error("claims_options.cross_corpus", "tinystories, but no TinyStories folder is known; set tinystories_dir or $SASQ_TINYSTORIES_DIR, or use auto")
 for _name, _entry in MODELS.items():
@@ -256,6 +282,22 @@ def corpus_file(wildcards):
 def cross_corpus(model):
     """Shell word for a model's second corpus: CROSS_CORPUS, or the shared corpus when CROSS_CORPUS is the model's own."""
     return SHARED_CORPUS if MODELS[model].get("corpus") == CROSS_CORPUS else CROSS_CORPUS
+
+
+def reads_shared_corpus(model):
+    """Whether a model's jobs read prepare_data's corpus: as their own, or as the claims section's second corpus."""
+    return not MODELS[model].get("corpus") or (CLAIMS_ON and cross_corpus(model) == SHARED_CORPUS)
+
+
+if CLAIMS_ON:
+    for _name, _entry in MODELS.items():
+        _own = _entry.get("corpus")
+        _second = cross_corpus(_name)
+        if _second == (_own or "wikitext2") or (_second == SHARED_CORPUS and _own == "wikitext2"):
+            raise _config_error(
+                "claims_options.cross_corpus",
+                f"{CROSS_CORPUS} leaves model {_name} without a second corpus (its own is {_own or 'the shared wikitext2'}); choose another cross_corpus",
+            )
 if CLAIMS_ON and CONTROL_METHOD not in REGISTRY:
     raise _config_error("claims", f"true, but the method {CONTROL_METHOD} is not registered; set claims: false")
 

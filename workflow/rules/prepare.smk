@@ -21,7 +21,7 @@ rule prepare_data:
     params:
         data_dir=DATA_DIR,
         allow_fallback=config["allow_fallback_corpus"],
-        splits=sorted({settings(model, group)["split"] for model in MODELS for group in ("eval", "calib", "train")}),
+        splits=sorted({settings(model, group)["split"] for model in MODELS if reads_shared_corpus(model) for group in SETTING_GROUPS}),
     resources:
         **rule_resources("prepare_data"),
     log:

@@ -36,7 +36,7 @@ for path in map(Path, snakemake.input.runs):
     if row["method"] != method:
         raise ValueError(f"{path} contains method {row['method']!r}, but its file name gives {method!r}; delete the file and rerun")
     row["model_name"] = row.pop("model")
-    row.update(model=model, bits=bits, parameters=parameters[model], corpus_fallback=corpus["fallback"])
+    row.update(model=model, bits=bits, parameters=parameters[model], corpus_fallback=corpus["fallback"] and row["eval_corpus"] == corpus["corpus"])
     rows.append(row)
 
 table = pd.DataFrame(rows)

@@ -113,11 +113,12 @@ def latency_section(bench):
 
 
 lines = ["# SASQ workflow report", ""]
-if corpus["fallback"]:
+fallback_models = sorted(name for name, scored in model_corpus.items() if corpus["fallback"] and scored == corpus["corpus"])
+if fallback_models:
     lines += [
-        "> **WARNING: WikiText-2 was not reachable, so every number below was measured on the fallback",
-        "> corpus `pydoc` (the Python standard library's pydoc topics text).** These perplexities are not",
-        f"> comparable with published WikiText-2 values. Reason: {corpus['reason']}",
+        "> **WARNING: WikiText-2 was not reachable, so the numbers of " + ", ".join(f"`{name}`" for name in fallback_models),
+        "> were measured on the fallback corpus `pydoc` (the Python standard library's pydoc topics text).**",
+        f"> These perplexities are not comparable with published WikiText-2 values. Reason: {corpus['reason']}",
         "",
     ]
 lines += [
