@@ -17,12 +17,22 @@ import torch
 log = logging.getLogger(__name__)
 
 
+# Workflow outputs are committed too; a run that rewrites them has not changed the code.
+OUTPUT_FOLDERS = ("results", "figures")
+
+
 def git_commit() -> str:
-    """Return the suite's git commit (with ``-dirty`` when it has uncommitted changes), or ``unknown``."""
+    """Return the suite's git commit, or ``unknown``.
+
+    ``-dirty`` marks uncommitted changes outside the workflow's output folders (``results/``,
+    ``figures/``), so a rerun of the workflow in a clean checkout still records the bare commit.
+    """
     root = Path(__file__).resolve().parent.parent
+    excluded = [f":(exclude){folder}" for folder in OUTPUT_FOLDERS]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded]
+        dirty = subprocess.run(status, cwd=root, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
