@@ -183,7 +183,7 @@ def test_claims_corpora_dry_run(tmp_path):
     config = tmp_path / "claims.yaml"
     models = f"models:\n  shared:\n    ref: {stories}\n  own:\n    ref: {stories}\n    corpus: tinystories\n"
     config.write_text(TEST_CONFIG.read_text().replace("models: {}\n", models).replace("assets_dir: ../shared/assets", "assets_dir: null") + CLAIMS_OPTIONS)
-    result = snakemake("-n", "-p", "--configfile", str(config), "--config", f"output_dir={tmp_path}", f"tinystories_dir={tmp_path}")
+    result = snakemake("-n", "-p", "--configfile", str(config), "--config", f"output_dir={tmp_path}", f"tinystories_dir={ASSETS / 'tinystories'}")
     assert result.returncode == 0, result.stderr[-3000:]
     commands = shell_commands(result)
     shared_name = f"$(cat {tmp_path}/results/data/corpus.name)"
@@ -208,13 +208,17 @@ def test_claims_corpora_dry_run(tmp_path):
         ("eval: 5", "", "models"),
         ("corpus: wikitext2", "claims: true\nclaims_options: {cross_corpus: wikitext2}\n", "leaves model tiny without a second corpus"),
         ("corpus: tinystories", "claims: true\nclaims_options: {cross_corpus: wikitxt}\n", "'wikitxt' is not a corpus; use auto"),
+        ("corpus: tinystories", "tinystories_dir: ./no-such-folder\n", "invalid config value for 'tinystories_dir':"),
+        ("ref: ./no-such-model", "", "invalid config value for 'models.tiny.ref':"),
     ],
 )
 def test_bad_model_corpus_fails_before_jobs(entry, options, message, tmp_path):
     config = tmp_path / "bad.yaml"
-    models = f"models:\n  tiny:\n    ref: {ASSETS / 'stories260K-hf'}\n    {entry}\n"
+    ref = "" if entry.startswith("ref:") else f"    ref: {ASSETS / 'stories260K-hf'}\n"
+    models = f"models:\n  tiny:\n{ref}    {entry}\n"
     config.write_text(TEST_CONFIG.read_text().replace("models: {}\n", models).replace("assets_dir: ../shared/assets", "assets_dir: null") + options)
-    result = snakemake("-n", "--configfile", str(config), "--config", f"output_dir={tmp_path}", f"tinystories_dir={tmp_path}")
+    folder = [] if "tinystories_dir" in options else [f"tinystories_dir={ASSETS / 'tinystories'}"]
+    result = snakemake("-n", "--configfile", str(config), "--config", f"output_dir={tmp_path}", *folder)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr

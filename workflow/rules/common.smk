@@ -85,6 +85,9 @@ def _corpus_name(key, value):
 MODELS = {}
 for _name, _entry in config["models"].items():
     MODELS[_name] = dict(_entry, ref=_repo_path(_entry["ref"]))
+    # A ref written as a path (./, ../, / or ~) must exist; names and hub ids are checked by the job.
+    if _entry["ref"].startswith((".", "/", "~")) and not Path(MODELS[_name]["ref"]).exists():
+        raise _config_error(f"models.{_name}.ref", f"{MODELS[_name]['ref']} does not exist; give a model folder, a .gguf file, a hub id or a source name")
     if "corpus" in _entry:
         MODELS[_name]["corpus"] = _corpus_name(f"models.{_name}.corpus", _entry["corpus"])
 if config["assets_dir"]:
@@ -243,7 +246,10 @@ CLAIM_TAG = bits_tag(CLAIMS["wbits"], CLAIMS["abits"])
 
 def _tinystories_dir():
     if config["tinystories_dir"]:
-        return _repo_path(config["tinystories_dir"])
+        folder = _repo_path(config["tinystories_dir"])
+        if not (Path(folder) / "tinystories_train_head.txt").is_file():
+            raise _config_error("tinystories_dir", f"{folder} has no tinystories_train_head.txt; point it at the folder holding that file, or set null")
+        return folder
     if os.environ.get("SASQ_TINYSTORIES_DIR"):
         return os.environ["SASQ_TINYSTORIES_DIR"]
     if config["assets_dir"]:

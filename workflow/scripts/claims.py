@@ -150,11 +150,13 @@ for model in snakemake.params.models:
         "| --- | --- | --- | --- | --- |",
         f"| C1: static min-max collapses | PPL > 400 (FP16 5.47) | static-minmax {fmt(minmax)}, {fmt(ratio, 2)}× fp {fmt(fp)} | "
         f"dynamic per-token {fmt(main_ppl(model, 'dynamic', TAG))} | {c1} |",
-        f"| C2: SASQ beats QuaRot | −5.2 % | SASQ {sasq_cell}; QuaRot (dynamic) {fmt(quarot)}: {pct(sasq_mean, quarot)} | "
+        f"| C2: SASQ beats QuaRot | −5.2 % | SASQ {sasq_cell}; "
+        + (f"QuaRot (dynamic) {fmt(quarot)}: {pct(sasq_mean, quarot)}" if quarot is not None else "quarot-dynamic is not in this run's methods")
+        + " | "
         f"SASQ on the rotated model {fmt(main_ppl(model, 'sasq-quarot', TAG))} | {below_verdict(sasq_mean, sasq_std, quarot)} |",
         f"| C3: SASQ beats the float model | −4.7 % | SASQ {sasq_cell} | fp-gain {fmt(control_mean)} ± {fmt(control_std)} "
         f"({pct(control_mean, fp)}) | {c3} |",
-        f"| C4: static inference is cheaper than dynamic | no number | see the latency section | – | {c4} |",
+        f"| C4: static inference is cheaper than dynamic | no number | {'see the latency section' if snakemake.input.latency else '–'} | – | {c4} |",
         "",
     ]
 
