@@ -17,7 +17,7 @@ import torch
 log = logging.getLogger(__name__)
 
 
-# Workflow outputs are committed too; a run that rewrites them has not changed the code.
+# Workflow outputs are committed too. A run that rewrites them has not changed the code.
 OUTPUT_FOLDERS = ("results", "figures")
 
 

@@ -140,3 +140,16 @@ def stories260k_float64() -> LlamaForCausalLM:
 def relative_max_error(output: torch.Tensor, reference: torch.Tensor) -> float:
     """``max|output - reference| / max|reference|``."""
     return float((output - reference).abs().max() / reference.abs().max())
+
+
+def record_batches(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Wrap ``model.forward`` so that each call appends a copy of its ``input_ids`` to the returned list."""
+    batches: list[torch.Tensor] = []
+    original = model.forward
+
+    def recording_forward(input_ids, *args, **kwargs):
+        batches.append(input_ids.clone())
+        return original(input_ids, *args, **kwargs)
+
+    model.forward = recording_forward
+    return batches

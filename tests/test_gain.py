@@ -9,7 +9,7 @@ from sasq.gain import ActivationGain, GainLinear, attach_gains
 from sasq.method import Scheme, build_quantized_model, get_method
 from sasq.train import TrainConfig, frozen_digest, train_scales
 
-from conftest import STORIES_DIR, stories260k_float64
+from conftest import STORIES_DIR, record_batches, stories260k_float64
 
 
 def fresh_stories(dtype=torch.float32):
@@ -144,14 +144,7 @@ def test_control_trains_on_sasq_batches(stories_path):
     for name in ("sasq", "fp-gain"):
         model = fresh_stories()
         scales = build_quantized_model(model, get_method(name), Scheme(), ids[:2])
-        batches = []
-        original = model.forward
-
-        def recording_forward(input_ids, *args, _original=original, _batches=batches, **kwargs):
-            _batches.append(input_ids.clone())
-            return _original(input_ids, *args, **kwargs)
-
-        model.forward = recording_forward
+        batches = record_batches(model)
         train_scales(model, scales, ids, config)
         seen[name] = batches
     assert len(seen["sasq"]) == 6

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not 
 
 
 def make_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A git repository holding a copy of sasq/results.py, with one commit of code and outputs."""
+    """Create a git repository with a copy of sasq/results.py, and commit it with code and outputs."""
     root = tmp_path / "checkout"
     (root / "sasq").mkdir(parents=True)
     (root / "results").mkdir()
@@ -27,7 +27,7 @@ def make_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def test_rewritten_outputs_keep_the_commit_clean(tmp_path, monkeypatch):
+def test_rewritten_outputs_keep_commit_clean(tmp_path, monkeypatch):
     root = make_checkout(tmp_path, monkeypatch)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     assert results.git_commit() == head
@@ -35,7 +35,7 @@ def test_rewritten_outputs_keep_the_commit_clean(tmp_path, monkeypatch):
     assert results.git_commit() == head
 
 
-def test_changed_code_marks_the_commit_dirty(tmp_path, monkeypatch):
+def test_changed_code_marks_dirty(tmp_path, monkeypatch):
     root = make_checkout(tmp_path, monkeypatch)
     (root / "code.py").write_text("x = 2\n")
     assert results.git_commit().endswith("-dirty")

@@ -4,7 +4,7 @@ import torch
 from sasq.method import Scheme, build_quantized_model, get_method
 from sasq.train import TrainConfig, frozen_digest, train_scales
 
-from conftest import tiny_llama
+from conftest import record_batches, tiny_llama
 
 
 def prepared(seed=0, granularity="per-tensor"):
@@ -109,14 +109,7 @@ def test_seed_sets_window_order():
     orders = {}
     for run, seed in (("a", 0), ("b", 0), ("c", 1)):
         model, quantizers, ids = prepared()
-        batches = []
-        original = model.forward
-
-        def recording_forward(input_ids, *args, _original=original, _batches=batches, **kwargs):
-            _batches.append(input_ids.clone())
-            return _original(input_ids, *args, **kwargs)
-
-        model.forward = recording_forward
+        batches = record_batches(model)
         train_scales(model, quantizers, ids, TrainConfig(lr=1e-2, batch_size=2, epochs=2, seed=seed))
         orders[run] = torch.stack(batches)
     assert torch.equal(orders["a"], orders["b"])

@@ -64,6 +64,14 @@ def test_default_config_dry_run(tmp_path):
     assert "smollm2-135m" in result.stdout + result.stderr
 
 
+def test_default_output_dir_accepts_file_target():
+    """A result file named as a target is found when output_dir is the default "."."""
+    target = "results/runs/smollm2-135m/evaluate/fp-float.json"
+    result = snakemake("-n", "--cores", "1", target)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MissingRuleException" not in result.stdout + result.stderr
+
+
 def test_test_config_end_to_end(tmp_path):
     out = tmp_path / "out"
     result = snakemake(
@@ -131,7 +139,7 @@ def own_corpus_models() -> str:
 def test_claims_section_end_to_end(tmp_path):
     """stories260K on its own TinyStories domain at W8A8 with a small claims section.
 
-    Every claim row has a verdict; WikiText-2, the shared corpus, is the model's second corpus.
+    Every claim row has a verdict. WikiText-2, the shared corpus, is the model's second corpus.
     """
     config = tmp_path / "claims.yaml"
     text = TEST_CONFIG.read_text().replace("  - {wbits: 4, abits: 8}\n", "").replace("models: {}\n", own_corpus_models())
@@ -174,7 +182,10 @@ def test_claims_section_end_to_end(tmp_path):
 
 
 def shell_commands(result: subprocess.CompletedProcess) -> list[str]:
-    return [line.removeprefix("Shell command: ") for line in (result.stdout + result.stderr).splitlines() if line.startswith("Shell command: ")]
+    """Return the shell commands that a `snakemake -n -p` run printed."""
+    prefix = "Shell command: "
+    lines = (result.stdout + result.stderr).splitlines()
+    return [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
 
 
 def test_claims_corpora_dry_run(tmp_path):
@@ -222,6 +233,17 @@ def test_bad_model_corpus_fails_before_jobs(entry, options, message, tmp_path):
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_config_without_models_key(tmp_path):
+    """A config with no models key runs the model that assets_dir adds."""
+    config = tmp_path / "no-models.yaml"
+    text = TEST_CONFIG.read_text()
+    assert "models: {}\n" in text
+    config.write_text(text.replace("models: {}\n", ""))
+    result = snakemake("-n", "--configfile", str(config), "--config", f"output_dir={tmp_path}", *assets_config())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stories260k" in result.stdout + result.stderr
 
 
 def test_model_override_keeps_global_settings(tmp_path):

@@ -1,8 +1,8 @@
 # The claims section: the fp-gain control, a second corpus, seeds, ablations, a generation check
 # and zero-shot accuracy, all at the claims bit-width (claims.wbits/abits). Claims runs calibrate
 # inside `sasq train` (no --init-scales), so a variant's seed, observer or corpus reaches its
-# calibration too. `$base` is the model's corpus (common.smk: corpus_file); the second corpus is
-# common.smk's cross_corpus.
+# calibration too. `$base` is the model's corpus (corpus_file in common.smk), and cross_corpus
+# there gives its second corpus.
 
 
 rule claims_train:

@@ -12,30 +12,42 @@ from snakemake.utils import validate
 REPO_ROOT = Path(workflow.basedir).resolve()
 STORIES260K_FOLDER = "stories260K-hf"
 
-CORPUS_PATTERN = re.compile(r"(wikitext2|tinystories|pydoc|text:\S+)")
+CORPUS_NAMES = ("wikitext2", "tinystories", "pydoc")
+TEXT_CORPUS = re.compile(r"text:\S+")
 
 
 def _config_error(key, message):
     return WorkflowError(f"invalid config value for '{key}': {message}")
 
 
+def _check_corpus(key, value, names):
+    """Raise a one-line config error unless value is one of names or text:PATH.
+
+    The schema check would also reject it, but with a multi-line dump.
+    """
+    if value is None:
+        return
+    if isinstance(value, str) and (value in names or TEXT_CORPUS.fullmatch(value)):
+        return
+    raise _config_error(key, f"{value!r} is not a corpus; use {', '.join(names)} or text:PATH (no spaces)")
+
+
 # A model's eval, calib and train blocks override the global ones key by key. Keep them as the user
-# wrote them: validation fills schema defaults into them too, and those would hide global values.
+# wrote them, because validation fills schema defaults into them too and those would hide global values.
 SETTING_GROUPS = ("eval", "calib", "train")
-_written_models = copy.deepcopy(config.get("models"))
+_written_models = copy.deepcopy(config.get("models") or {})
 if isinstance(_written_models, dict):
     for _name, _entry in _written_models.items():
-        _corpus = _entry.get("corpus") if isinstance(_entry, dict) else None
-        if _corpus is not None and not (isinstance(_corpus, str) and CORPUS_PATTERN.fullmatch(_corpus)):
-            raise _config_error(f"models.{_name}.corpus", f"{_corpus!r} is not a corpus; use wikitext2, tinystories, pydoc or text:PATH (no spaces)")
-
-_cross = (config.get("claims_options") or {}).get("cross_corpus", "auto") if isinstance(config.get("claims_options"), dict) else "auto"
-if _cross != "auto" and not (isinstance(_cross, str) and CORPUS_PATTERN.fullmatch(_cross)):
-    raise _config_error("claims_options.cross_corpus", f"{_cross!r} is not a corpus; use auto, wikitext2, tinystories, pydoc or text:PATH (no spaces)")
+        if isinstance(_entry, dict):
+            _check_corpus(f"models.{_name}.corpus", _entry.get("corpus"), CORPUS_NAMES)
+if isinstance(config.get("claims_options"), dict):
+    _check_corpus("claims_options.cross_corpus", config["claims_options"].get("cross_corpus"), ("auto", *CORPUS_NAMES))
 
 validate(config, "../schemas/config.schema.yaml")
 
-MODEL_OVERRIDES = {name: {group: dict(entry.get(group) or {}) for group in SETTING_GROUPS} for name, entry in _written_models.items()}
+MODEL_OVERRIDES = {}
+for _name, _entry in _written_models.items():
+    MODEL_OVERRIDES[_name] = {group: dict(_entry.get(group) or {}) for group in SETTING_GROUPS}
 
 
 def _repo_path(value):
@@ -85,7 +97,7 @@ def _corpus_name(key, value):
 MODELS = {}
 for _name, _entry in config["models"].items():
     MODELS[_name] = dict(_entry, ref=_repo_path(_entry["ref"]))
-    # A ref written as a path (./, ../, / or ~) must exist; names and hub ids are checked by the job.
+    # A ref written as a path (./, ../, / or ~) must exist. The job checks source names and hub ids.
     if _entry["ref"].startswith((".", "/", "~")) and not Path(MODELS[_name]["ref"]).exists():
         raise _config_error(f"models.{_name}.ref", f"{MODELS[_name]['ref']} does not exist; give a model folder, a .gguf file, a hub id or a source name")
     if "corpus" in _entry:
@@ -99,9 +111,11 @@ if not MODELS:
     raise _config_error("models", "no model configured; add one under models or set assets_dir")
 
 DATA_DIR = _repo_path(config["data_dir"])
-OUT = config["output_dir"].rstrip("/") or "."
-RESULTS = f"{OUT}/results"
-FIGURES = f"{OUT}/figures"
+# Normalized, so that the default output_dir "." gives "results/..." paths: Snakemake cannot match
+# a target named on the command line against an output path that starts with "./".
+OUT = os.path.normpath(config["output_dir"] or ".")
+RESULTS = os.path.normpath(f"{OUT}/results")
+FIGURES = os.path.normpath(f"{OUT}/figures")
 RUNS = f"{RESULTS}/runs"
 
 if config["latency"] and importlib.util.find_spec("sasq.latency") is None:
@@ -295,14 +309,17 @@ def reads_shared_corpus(model):
     return not MODELS[model].get("corpus") or (CLAIMS_ON and cross_corpus(model) == SHARED_CORPUS)
 
 
+# WikiText-2 is the shared corpus unless it falls back to pydoc, which is known only at run time.
 if CLAIMS_ON:
     for _name, _entry in MODELS.items():
-        _own = _entry.get("corpus")
+        _own = _entry.get("corpus") or "wikitext2"
         _second = cross_corpus(_name)
-        if _second == (_own or "wikitext2") or (_second == SHARED_CORPUS and _own == "wikitext2"):
+        if _second == SHARED_CORPUS:
+            _second = "wikitext2"
+        if _second == _own:
             raise _config_error(
                 "claims_options.cross_corpus",
-                f"{CROSS_CORPUS} leaves model {_name} without a second corpus (its own is {_own or 'the shared wikitext2'}); choose another cross_corpus",
+                f"{CROSS_CORPUS} leaves model {_name} without a second corpus (its own is {_own}); choose another cross_corpus",
             )
 if CLAIMS_ON and CONTROL_METHOD not in REGISTRY:
     raise _config_error("claims", f"true, but the method {CONTROL_METHOD} is not registered; set claims: false")

@@ -31,7 +31,7 @@ rule prepare_data:
 
 
 # A model whose config entry names its own corpus reads the name from this file instead of
-# corpus.name; the sasq job that loads the text reports a missing file.
+# corpus.name. The sasq job that loads the text reports a missing file.
 rule model_corpus:
     output:
         f"{RESULTS}/data/corpus-{{model}}.name",
